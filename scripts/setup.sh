@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything tidecast needs on a fresh Debian machine, idempotently:
+# a Python venv with the package and its dev tools, the browser-side packages
+# from the npm registry, and (with --test) Chromium for the browser tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+
+need_apt=()
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
+if [[ "${1:-}" == "--test" ]]; then
+  [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
+fi
+if ((${#need_apt[@]})); then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.setup-stamp
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
+  echo "setup: installing Python packages into .venv"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+
+if [[ ! -f web/node_modules/hls.js/dist/hls.min.js ]]; then
+  echo "setup: installing browser packages from the npm registry"
+  (cd web && npm install --no-audit --no-fund --silent)
+fi

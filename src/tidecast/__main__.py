@@ -1,0 +1,3 @@
+from tidecast.cli import main
+
+raise SystemExit(main())

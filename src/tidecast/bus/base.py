@@ -1,0 +1,50 @@
+"""The Bus interface: publish typed messages to subjects, consume with ack/nak."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from tidecast.messages import Message
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message handed to one consumer; ``ack`` when done, ``nak`` to get it again later."""
+
+    subject: str
+    message: Message
+    attempt: int
+    _ack: Callable[[], Awaitable[None]]
+    _nak: Callable[[float], Awaitable[None]]
+
+    async def ack(self) -> None:
+        await self._ack()
+
+    async def nak(self, delay: float = 0.0) -> None:
+        await self._nak(delay)
+
+
+class Subscription(Protocol):
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+    def pending(self) -> int:
+        """Messages delivered to this subscription and not yet taken by its consumer."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Bus(Protocol):
+    async def publish(self, subject: str, message: Message) -> None: ...
+
+    def subscribe(self, pattern: str, group: str | None = None) -> Subscription:
+        """Subscribe to a subject pattern (``*`` one token, ``>`` the rest).
+
+        Subscribers sharing a ``group`` split the messages between them (work
+        queue); each group and each ungrouped subscriber gets every message.
+        """
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,245 @@
+"""The ``tidecast`` command line: serve, streams, publish, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from tidecast.config import ConfigError, Settings, from_env
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    base = from_env()
+    return base.with_overrides(
+        host=getattr(args, "host", None),
+        http_port=getattr(args, "http_port", None),
+        rtmp_port=getattr(args, "rtmp_port", None),
+        data_dir=getattr(args, "data_dir", None),
+        public_host=getattr(args, "public_host", None),
+        segment_target=getattr(args, "segment_target", None),
+        playlist_window=getattr(args, "playlist_window", None),
+        reconnect_grace=getattr(args, "reconnect_grace", None),
+    )
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=_path, help="data directory (env TIDECAST_DATA_DIR; default ./tidecast-data)")
+    p.add_argument("--http-port", type=int, help="HTTP port for printed URLs (env TIDECAST_HTTP_PORT)")
+    p.add_argument("--rtmp-port", type=int, help="RTMP port for printed URLs (env TIDECAST_RTMP_PORT)")
+    p.add_argument("--host", help="bind address (env TIDECAST_HOST; default 0.0.0.0)")
+    p.add_argument("--public-host", help="host name to print in URLs (env TIDECAST_PUBLIC_HOST)")
+
+
+def _path(text: str) -> object:
+    from pathlib import Path
+
+    return Path(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tidecast", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run every role in one process")
+    _add_data_dir(serve)
+    serve.add_argument("--segment-target", type=float, help="segment duration target, seconds (default 2)")
+    serve.add_argument("--playlist-window", type=int, help="segments in a live playlist (default 6)")
+    serve.add_argument("--reconnect-grace", type=float, help="seconds to wait for a publisher to return")
+
+    streams = sub.add_parser("streams", help="manage streams and stream keys")
+    ssub = streams.add_subparsers(dest="streams_command", required=True)
+    create = ssub.add_parser("create", help="create a stream and print its key and URLs")
+    create.add_argument("name")
+    create.add_argument("--title", default="")
+    _add_data_dir(create)
+    lst = ssub.add_parser("list", help="list streams")
+    _add_data_dir(lst)
+    rot = ssub.add_parser("rotate-key", help="give a stream a new key (the old one stops working)")
+    rot.add_argument("name")
+    _add_data_dir(rot)
+
+    pub = sub.add_parser("publish", help="publish a test pattern with a burnt-in clock to an RTMP URL")
+    pub.add_argument("url", help="e.g. rtmp://127.0.0.1:1935/live/<stream-key>")
+    pub.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
+    pub.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT (default 1280x720)")
+    pub.add_argument("--fps", type=int, default=30)
+    pub.add_argument("--gop", type=float, default=2.0, help="keyframe interval, seconds")
+    pub.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
+    pub.add_argument("--no-clock", action="store_true", help="no burnt-in wall clock")
+
+    bench = sub.add_parser("bench", help="benchmarks (figures + a baseline in the same run)")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+    lat = bsub.add_parser("latency", help="first frame in -> segment listed at the origin")
+    lat.add_argument("--segments", type=int, default=30)
+    lat.add_argument("--size", default="1280x720")
+    lat.add_argument("--fps", type=int, default=30)
+    lat.add_argument("--segment-target", type=float, default=2.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        if args.command == "serve":
+            return _serve(_settings(args))
+        if args.command == "streams":
+            return _streams(args, _settings(args))
+        if args.command == "publish":
+            return _publish(args)
+        if args.command == "bench":
+            from tidecast.bench import latency
+
+            return asyncio.run(latency.main(args))
+    except ConfigError as exc:
+        print(f"tidecast: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+def _banner(node: object) -> None:
+    from tidecast.node import Node
+
+    assert isinstance(node, Node)
+    s = node.settings
+    out = [
+        "",
+        "tidecast is running",
+        f"  publish (OBS Server):  {s.publish_url()}",
+        f"  web:                   http://{s.url_host}:{node.http_port}/",
+        f"  API:                   http://{s.url_host}:{node.http_port}/api/v1/docs",
+        f"  data:                  {s.data_dir.resolve()}",
+    ]
+    d = node.first_run.default_stream
+    if d is not None:
+        out += [
+            "",
+            f"created the default stream {d.stream.name!r}; its key is shown only now:",
+            f"  stream key:            {d.key}",
+            f"  publish URL:           {s.publish_url(d.key)}",
+            f"  watch:                 http://{s.url_host}:{node.http_port}/watch/{d.stream.name}",
+            f"  try it:                tidecast publish {s.publish_url(d.key)}",
+        ]
+    else:
+        names = ", ".join(x.name for x in node.db.list_streams())
+        out += [
+            f"  streams:               {names}",
+            "  (lost a key? tidecast streams rotate-key NAME)",
+        ]
+    if node.first_run.admin_token:
+        out += ["", "admin API token (kept in the data dir, shown only now):",
+                f"  {node.first_run.admin_token}"]  # fmt: skip
+    print("\n".join(out) + "\n", flush=True)
+
+
+def _serve(settings: Settings) -> int:
+    from tidecast.node import Node
+
+    async def run() -> None:
+        node = Node(settings)
+        await node.start()
+        _banner(node)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await node.aclose()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"tidecast: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _streams(args: argparse.Namespace, settings: Settings) -> int:
+    from tidecast.db.repo import InvalidName, NameTaken, StreamNotFound
+    from tidecast.node import open_database
+
+    db = open_database(settings)
+    try:
+        if args.streams_command == "create":
+            try:
+                new = db.create_stream(args.name, args.title)
+            except (InvalidName, NameTaken) as exc:
+                print(f"tidecast: {exc}", file=sys.stderr)
+                return 1
+            print(f"stream:       {new.stream.name}")
+            print(f"stream key:   {new.key}   (shown only now)")
+            print(f"OBS server:   {settings.publish_url()}")
+            print(f"publish URL:  {settings.publish_url(new.key)}")
+            print(f"watch:        {settings.watch_url(new.stream.name)}")
+            print(f"HLS:          {settings.hls_url(new.stream.name)}")
+            return 0
+        if args.streams_command == "list":
+            rows = db.list_streams()
+            if not rows:
+                print("no streams yet: tidecast streams create NAME")
+            for r in rows:
+                print(f"{r.name:<24} {settings.watch_url(r.name)}  created {r.created_at:%Y-%m-%d %H:%M}")
+            return 0
+        if args.streams_command == "rotate-key":
+            try:
+                key = db.rotate_key(args.name)
+            except StreamNotFound:
+                print(f"tidecast: no stream named {args.name!r}", file=sys.stderr)
+                return 1
+            print(f"new stream key: {key}")
+            print(f"publish URL:    {settings.publish_url(key)}")
+            return 0
+    finally:
+        db.close()
+    return 2
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from tidecast import ffmpeg
+
+    try:
+        w, h = (int(x) for x in args.size.lower().split("x"))
+    except ValueError:
+        print(f"tidecast: --size must be WIDTHxHEIGHT, got {args.size!r}", file=sys.stderr)
+        return 2
+    if not args.url.startswith(("rtmp://", "rtmps://")):
+        print("tidecast: the URL must start with rtmp:// (e.g. rtmp://127.0.0.1:1935/live/KEY)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    pattern = ffmpeg.TestPattern(
+        width=w, height=h, fps=args.fps, gop_seconds=args.gop, video_bitrate_k=args.bitrate,
+        duration=args.duration, clock=not args.no_clock, font=ffmpeg.clock_font(),
+    )  # fmt: skip
+    cmd = ffmpeg.publish_test_pattern_args(pattern, args.url, ffmpeg.ffmpeg_exe())
+
+    async def run() -> int:
+        proc = await ffmpeg.spawn(cmd, "publish")
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"publishing a {w}x{h}@{args.fps} test pattern to {args.url} (Ctrl-C stops)", flush=True)
+        waiter = asyncio.create_task(proc.proc.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        rc = await proc.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        if rc not in (0, 255) and not stop.is_set():
+            tail = "\n".join(proc.stderr_tail[-5:])
+            print(f"tidecast: ffmpeg exited with {rc}\n{tail}", file=sys.stderr)
+            return 1
+        return 0
+
+    return asyncio.run(run())

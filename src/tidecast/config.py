@@ -1,0 +1,102 @@
+"""Settings: one typed, validated object built from flags, environment and defaults.
+
+Nothing reads the environment after start-up; every component gets the
+``Settings`` it needs passed in.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ENV_PREFIX = "TIDECAST_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value tidecast cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    rtmp_port: int = 1935
+    data_dir: Path = field(default_factory=lambda: Path("tidecast-data"))
+    # the host name printed in publish/watch URLs (defaults to the bind host, or
+    # 127.0.0.1 when binding every interface)
+    public_host: str | None = None
+    segment_target: float = 2.0  # seconds; cut at the first keyframe at or after this
+    playlist_window: int = 6  # segments kept in a live media playlist
+    reconnect_grace: float = 10.0  # seconds a broadcast waits for its publisher to return
+    rtmp_app: str = "live"
+
+    def __post_init__(self) -> None:
+        for name in ("http_port", "rtmp_port"):
+            port = getattr(self, name)
+            if not 0 <= port <= 65535:
+                raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
+        if not 0.5 <= self.segment_target <= 30:
+            raise ConfigError(
+                f"segment_target must be between 0.5 and 30 seconds, got {self.segment_target}"
+            )
+        if not 3 <= self.playlist_window <= 1000:
+            raise ConfigError(f"playlist_window must be 3..1000, got {self.playlist_window}")
+        if self.reconnect_grace < 0:
+            raise ConfigError("reconnect_grace must not be negative")
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{(self.data_dir / 'tidecast.db').resolve()}"
+
+    @property
+    def url_host(self) -> str:
+        if self.public_host:
+            return self.public_host
+        return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+
+    def publish_url(self, key: str | None = None) -> str:
+        base = f"rtmp://{self.url_host}:{self.rtmp_port}/{self.rtmp_app}"
+        return f"{base}/{key}" if key else base
+
+    def watch_url(self, name: str) -> str:
+        return f"http://{self.url_host}:{self.http_port}/watch/{name}"
+
+    def hls_url(self, name: str) -> str:
+        return f"http://{self.url_host}:{self.http_port}/hls/{name}/master.m3u8"
+
+    def with_overrides(self, **changes: object) -> Settings:
+        clean = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, **clean)  # type: ignore[arg-type]
+
+
+_ENV_FIELDS: dict[str, type] = {
+    "host": str,
+    "http_port": int,
+    "rtmp_port": int,
+    "data_dir": Path,
+    "public_host": str,
+    "segment_target": float,
+    "playlist_window": int,
+    "reconnect_grace": float,
+}
+
+
+def from_env(environ: Mapping[str, str] | None = None, base: Settings | None = None) -> Settings:
+    """Settings from ``TIDECAST_*`` variables over ``base`` (or the defaults)."""
+    env = os.environ if environ is None else environ
+    changes: dict[str, object] = {}
+    for name, kind in _ENV_FIELDS.items():
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None or raw == "":
+            continue
+        try:
+            changes[name] = kind(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
+    return (base or Settings()).with_overrides(**changes)

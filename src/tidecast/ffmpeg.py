@@ -1,0 +1,231 @@
+"""The one place that builds ffmpeg command lines, and runs them safely.
+
+Command builders are pure functions returning argument lists (tested by exact
+lists). ``run`` / ``spawn`` start ffmpeg without a shell, capture and log its
+stderr, check exit codes, and kill a process that hangs or outlives its owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("tidecast.ffmpeg")
+
+CLOCK_FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSansMono-Bold.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationMono-Regular.ttf",
+)
+
+
+class FFmpegError(RuntimeError):
+    """ffmpeg failed, could not be found, or hung."""
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary: $TIDECAST_FFMPEG, the imageio-ffmpeg wheel's, or PATH's."""
+    explicit = os.environ.get("TIDECAST_FFMPEG")
+    if explicit:
+        return explicit
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError) as exc:
+        found = shutil.which("ffmpeg")
+        if found:
+            return found
+        raise FFmpegError("no ffmpeg found: install imageio-ffmpeg or set TIDECAST_FFMPEG") from exc
+
+
+def clock_font() -> str | None:
+    for path in CLOCK_FONT_CANDIDATES:
+        if Path(path).is_file():
+            return path
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class TestPattern:
+    """A generated source: moving test pattern, a tone, and a burnt-in wall clock."""
+
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    gop_seconds: float = 2.0
+    video_bitrate_k: int = 2500
+    audio_rate: int = 48000
+    duration: float | None = None  # seconds; None = until stopped
+    clock: bool = True
+    realtime: bool = True  # read input at native rate (-re), like a live camera
+    preset: str = "veryfast"
+    font: str | None = None
+
+    @property
+    def gop_frames(self) -> int:
+        return max(1, round(self.fps * self.gop_seconds))
+
+
+def _drawtext_clock(font: str | None, height: int) -> str:
+    size = max(16, height // 14)
+    fontspec = f"fontfile={font}:" if font else ""
+    # %{localtime} is the wall clock when the frame was generated (capture time).
+    return (
+        f"drawtext={fontspec}text='%{{localtime\\:%H\\\\\\:%M\\\\\\:%S}}.%{{eif\\:mod(t*1000\\,1000)\\:d\\:3}}"
+        f"  t=%{{pts\\:hms}}':x=(w-tw)/2:y=h-th-{size}:fontsize={size}:fontcolor=white"
+        ":box=1:boxcolor=black@0.6:boxborderw=8"
+    )
+
+
+def test_pattern_input_args(p: TestPattern) -> list[str]:
+    """lavfi inputs and filters for a test pattern (no output options)."""
+    args: list[str] = []
+    if p.realtime:
+        args += ["-re"]
+    vsrc = f"testsrc2=size={p.width}x{p.height}:rate={p.fps}"
+    if p.duration is not None:
+        vsrc += f":duration={p.duration:g}"
+    args += ["-f", "lavfi", "-i", vsrc]
+    if p.realtime:
+        args += ["-re"]
+    asrc = f"sine=frequency=440:beep_factor=4:sample_rate={p.audio_rate}"
+    if p.duration is not None:
+        asrc += f":duration={p.duration:g}"
+    args += ["-f", "lavfi", "-i", asrc]
+    if p.clock:
+        args += ["-vf", _drawtext_clock(p.font, p.height)]
+    return args
+
+
+def h264_aac_output_args(p: TestPattern, *, zerolatency: bool = True) -> list[str]:
+    """x264 + AAC encode with a fixed GOP (keyframe every gop_seconds, no scene cuts)."""
+    args = [
+        "-c:v", "libx264",
+        "-preset", p.preset,
+        "-pix_fmt", "yuv420p",
+        "-b:v", f"{p.video_bitrate_k}k",
+        "-maxrate", f"{p.video_bitrate_k}k",
+        "-bufsize", f"{p.video_bitrate_k * 2}k",
+        "-g", str(p.gop_frames),
+        "-keyint_min", str(p.gop_frames),
+        "-sc_threshold", "0",
+    ]
+    if zerolatency:
+        args += ["-tune", "zerolatency"]
+    args += ["-c:a", "aac", "-b:a", "128k", "-ar", str(p.audio_rate), "-ac", "2"]
+    return args
+
+
+def publish_test_pattern_args(p: TestPattern, url: str, exe: str = "ffmpeg") -> list[str]:
+    """ffmpeg publishing a test pattern to an RTMP URL."""
+    return [
+        exe, "-hide_banner", "-nostdin", "-loglevel", "warning",
+        *test_pattern_input_args(p),
+        *h264_aac_output_args(p),
+        "-f", "flv", url,
+    ]  # fmt: skip
+
+
+def render_test_pattern_args(p: TestPattern, path: str, exe: str = "ffmpeg") -> list[str]:
+    """ffmpeg rendering a test pattern to a file (FLV/MP4 by extension), as fast as it can."""
+    fast = TestPattern(**{**_fields(p), "realtime": False})
+    return [
+        exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        *test_pattern_input_args(fast),
+        *h264_aac_output_args(fast, zerolatency=False),
+        path,
+    ]  # fmt: skip
+
+
+def publish_file_args(path: str, url: str, exe: str = "ffmpeg", realtime: bool = True) -> list[str]:
+    """ffmpeg re-publishing an already encoded file to RTMP without re-encoding."""
+    args = [exe, "-hide_banner", "-nostdin", "-loglevel", "warning"]
+    if realtime:
+        args += ["-re"]
+    return [*args, "-i", path, "-c", "copy", "-f", "flv", url]
+
+
+def _fields(p: TestPattern) -> dict[str, object]:
+    return {name: getattr(p, name) for name in p.__dataclass_fields__}
+
+
+# ---------------------------------------------------------------- running
+
+
+async def _pump_stderr(stream: asyncio.StreamReader | None, name: str, keep: list[str]) -> None:
+    if stream is None:
+        return
+    while line := await stream.readline():
+        text = line.decode(errors="replace").rstrip()
+        if text:
+            keep.append(text)
+            del keep[:-50]
+            log.info("%s: %s", name, text)
+
+
+class FFmpegProcess:
+    """A running ffmpeg: stderr logged line by line, stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self.proc = proc
+        self.name = name
+        self.stderr_tail: list[str] = []
+        self._pump = asyncio.create_task(_pump_stderr(proc.stderr, name, self.stderr_tail))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def wait(self, timeout: float | None = None) -> int:
+        try:
+            rc = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            await self.stop()
+            raise FFmpegError(f"{self.name} hung for more than {timeout:g} s and was killed") from None
+        await self._pump
+        return rc
+
+    async def stop(self, grace: float = 3.0) -> int:
+        """Ask ffmpeg to finish (SIGTERM lets it flush), kill it if it does not."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace)
+            except TimeoutError:
+                log.warning("%s did not stop within %.1f s; killing it", self.name, grace)
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._pump
+        assert self.proc.returncode is not None
+        return self.proc.returncode
+
+
+async def spawn(args: Sequence[str], name: str = "ffmpeg") -> FFmpegProcess:
+    """Start ffmpeg (never through a shell) with stderr captured."""
+    proc = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    log.debug("%s started (pid %d): %s", name, proc.pid, " ".join(args))
+    return FFmpegProcess(proc, name)
+
+
+async def run(args: Sequence[str], timeout: float, name: str = "ffmpeg") -> None:
+    """Run ffmpeg to completion; FFmpegError with its last stderr lines on failure or hang."""
+    proc = await spawn(args, name)
+    rc = await proc.wait(timeout)
+    if rc != 0:
+        tail = "\n".join(proc.stderr_tail[-10:])
+        raise FFmpegError(f"{name} exited with {rc}:\n{tail}")

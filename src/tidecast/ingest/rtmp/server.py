@@ -1,0 +1,228 @@
+"""Asyncio adapter for the sans-I/O RTMP core: sockets in, events to the publish gate.
+
+One task per connection owns its ``ServerConnection``. Timeouts close clients
+that stall in the handshake or stop sending while publishing; any protocol
+error closes that one connection with a log line — never the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from tidecast.ingest.rtmp import protocol as rtmp
+from tidecast.ingest.sessions import LiveSession, PublishGate, PublishRefused
+from tidecast.media import aac, h264
+from tidecast.media.errors import MediaError
+from tidecast.media.frames import MediaFrame, TrackKind
+
+log = logging.getLogger("tidecast.ingest.rtmp")
+
+READ_SIZE = 64 * 1024
+
+
+class CloseConnection(Exception):
+    """We refused something (app, key, codec): the reply is sent, now hang up."""
+
+
+@dataclass(slots=True)
+class RTMPStats:
+    connections: int = 0
+    active: int = 0
+    protocol_errors: int = 0
+    timeouts: int = 0
+    refused: int = 0
+
+
+class RTMPServer:
+    def __init__(
+        self, gate: PublishGate, host: str, port: int, app: str = "live",
+        handshake_timeout: float = 10.0, idle_timeout: float = 30.0, max_connections: int = 256,
+    ) -> None:  # fmt: skip
+        self.gate = gate
+        self.host = host
+        self.port = port
+        self.app = app
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
+        self.stats = RTMPStats()
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        sock = self._server.sockets[0]
+        self.port = sock.getsockname()[1]
+        log.info("RTMP ingest listening on %s:%d", self.host, self.port)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        for task in list(self._conns):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        peer = writer.get_extra_info("peername")
+        remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if len(self._conns) >= self.max_connections:
+            log.warning("refusing %s: %d connections already", remote, len(self._conns))
+            writer.close()
+            return
+        self._conns.add(task)
+        self.stats.connections += 1
+        self.stats.active += 1
+        try:
+            await Connection(self, reader, writer, remote).run()
+        finally:
+            self.stats.active -= 1
+            self._conns.discard(task)
+
+
+class Connection:
+    def __init__(
+        self, server: RTMPServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        remote: str,
+    ) -> None:  # fmt: skip
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.remote = remote
+        self.conn = rtmp.ServerConnection()
+        self.sessions: dict[int, LiveSession] = {}
+        self.log = logging.LoggerAdapter(log, {})
+        self.started = time.monotonic()
+        self.connected = False
+
+    async def run(self) -> None:
+        reason = "publisher disconnected"
+        try:
+            while not self.conn.closed:
+                timeout = self.server.idle_timeout if self.connected else self.server.handshake_timeout
+                try:
+                    data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+                except TimeoutError:
+                    self.server.stats.timeouts += 1
+                    log.warning("%s: no data for %.0f s, closing", self.remote, timeout)
+                    reason = "timeout"
+                    break
+                self.conn.receive_data(data)
+                await self._handle_events()
+                await self._flush()
+                if not data:
+                    break
+        except CloseConnection as exc:
+            log.info("%s: closing: %s", self.remote, exc)
+            reason = str(exc)
+        except rtmp.ProtocolError as exc:
+            self.server.stats.protocol_errors += 1
+            log.warning("%s: protocol error, closing: %s", self.remote, exc)
+            reason = "protocol error"
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._flush()
+        except (ConnectionError, OSError) as exc:
+            log.info("%s: connection lost: %s", self.remote, exc)
+        except asyncio.CancelledError:
+            reason = "server shutdown"
+            raise
+        finally:
+            for session in list(self.sessions.values()):
+                await self.server.gate.close(session, reason)
+            self.sessions.clear()
+            self.writer.close()
+            with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
+                await self.writer.wait_closed()
+
+    async def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            self.writer.write(out)
+            await self.writer.drain()
+
+    async def _handle_events(self) -> None:
+        for ev in self.conn.events():
+            if isinstance(ev, rtmp.VideoFrame):
+                s = self.sessions.get(ev.stream_id)
+                if s:
+                    s.sink.frame(MediaFrame(TrackKind.VIDEO, ev.dts, ev.pts, ev.data, ev.keyframe,
+                                            time.time()))  # fmt: skip
+            elif isinstance(ev, rtmp.AudioFrame):
+                s = self.sessions.get(ev.stream_id)
+                if s:
+                    s.sink.frame(MediaFrame(TrackKind.AUDIO, ev.timestamp, ev.timestamp, ev.data,
+                                            True, time.time()))  # fmt: skip
+            elif isinstance(ev, rtmp.ConnectRequest):
+                await self._on_connect(ev)
+            elif isinstance(ev, rtmp.PublishRequest):
+                await self._on_publish(ev)
+            elif isinstance(ev, rtmp.VideoSequenceHeader):
+                await self._on_config(ev.stream_id, TrackKind.VIDEO, ev.avcc)
+            elif isinstance(ev, rtmp.AudioSequenceHeader):
+                await self._on_config(ev.stream_id, TrackKind.AUDIO, ev.asc)
+            elif isinstance(ev, rtmp.MetaData):
+                s = self.sessions.get(ev.stream_id)
+                if s:
+                    s.metadata = dict(ev.data)
+                    s.sink.metadata(s.metadata)
+            elif isinstance(ev, rtmp.UnpublishRequest):
+                s = self.sessions.pop(ev.stream_id, None)
+                if s:
+                    await self.server.gate.close(s, "unpublished")
+            elif isinstance(ev, rtmp.MediaRejected):
+                log.warning("%s: %s", self.remote, ev.description)
+                await self._flush()
+                raise CloseConnection(ev.description)
+
+    async def _on_connect(self, ev: rtmp.ConnectRequest) -> None:
+        app = ev.app.strip("/")
+        if app != self.server.app:
+            log.warning("%s: refused connect to app %r (expected %r)", self.remote, app, self.server.app)
+            self.conn.reject_connect(f"unknown application {app!r}; publish to /{self.server.app}")
+            await self._flush()
+            raise CloseConnection(f"connect to unknown app {app!r}")
+        self.connected = True
+        self.conn.accept_connect()
+
+    async def _on_publish(self, ev: rtmp.PublishRequest) -> None:
+        key = ev.name.split("?", 1)[0]
+        if ev.stream_id in self.sessions:
+            self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName", "already publishing")
+            return
+        try:
+            session = await self.server.gate.open(key, self.remote, "rtmp")
+        except PublishRefused as exc:
+            self.server.stats.refused += 1
+            self.conn.reject_publish(ev.stream_id, exc.code, exc.description)
+            await self._flush()
+            raise CloseConnection(f"publish refused: {exc.description}") from None
+        self.sessions[ev.stream_id] = session
+        self.conn.accept_publish(ev.stream_id)
+
+    async def _on_config(self, stream_id: int, kind: TrackKind, raw: bytes) -> None:
+        s = self.sessions.get(stream_id)
+        if s is None:
+            return
+        try:
+            if kind is TrackKind.VIDEO:
+                v = h264.parse_avcc(raw)
+                s.video = f"{v.codec} {v.width}x{v.height}"
+                s.sink.video_config(v)
+            else:
+                a = aac.parse_asc(raw)
+                s.audio = f"{a.codec} {a.sample_rate} Hz {a.channels} ch"
+                s.sink.audio_config(a)
+        except MediaError as exc:
+            self.conn.reject_publish(stream_id, "NetStream.Publish.Rejected",
+                                     f"bad {kind.value} configuration: {exc}")  # fmt: skip
+            await self._flush()
+            raise CloseConnection(f"bad {kind.value} sequence header: {exc}") from None

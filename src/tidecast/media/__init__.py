@@ -1,0 +1,1 @@
+"""Media types and codec helpers shared by every pipeline stage."""

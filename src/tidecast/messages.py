@@ -1,0 +1,101 @@
+"""Typed messages that stages exchange over the bus.
+
+Small, frozen, JSON-serialisable records: which stream, which broadcast, which
+sequence number, media time, wall-clock stamps, and keys of stored objects —
+never media bytes. ``encode``/``decode`` are the wire format every bus uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
+
+
+class MessageError(ValueError):
+    """Bytes on the bus that are not a known message."""
+
+
+_REGISTRY: dict[str, type[Message]] = {}
+M = TypeVar("M", bound="Message")
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    kind: ClassVar[str] = ""
+
+
+def message(cls: type[M]) -> type[M]:
+    """Class decorator: a frozen dataclass registered under its ``kind``."""
+    out = dataclass(frozen=True, slots=True)(cls)
+    _REGISTRY[out.kind] = out
+    return out
+
+
+def encode(msg: Message) -> bytes:
+    body = dataclasses.asdict(msg)
+    return json.dumps({"kind": msg.kind, "body": body}, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Message:
+    try:
+        raw = json.loads(data)
+        cls = _REGISTRY[raw["kind"]]
+        body = raw["body"]
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name in body:
+                value = body[f.name]
+                kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**kwargs)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise MessageError(f"undecodable bus message: {exc}") from exc
+
+
+@message
+class BroadcastStarted(Message):
+    kind: ClassVar[str] = "broadcast.started"
+    stream: str
+    broadcast: str
+    started_at: float  # wall clock
+    video_codec: str = ""
+    width: int = 0
+    height: int = 0
+    audio_codec: str = ""
+    frame_rate: float = 0.0
+
+
+@message
+class BroadcastEnded(Message):
+    kind: ClassVar[str] = "broadcast.ended"
+    stream: str
+    broadcast: str
+    ended_at: float
+    reason: str = "unpublished"
+
+
+@message
+class SegmentReady(Message):
+    """A source segment is stored (init + media objects) and may be packaged/transcoded."""
+
+    kind: ClassVar[str] = "segment.ready"
+    stream: str
+    broadcast: str
+    rendition: str
+    sequence: int  # 0-based within the broadcast
+    start: float  # media time of the first frame, seconds (source timeline)
+    duration: float  # seconds
+    init_key: str
+    segment_key: str
+    size: int
+    has_video: bool = True
+    has_audio: bool = True
+    codecs: str = ""  # RFC 6381, e.g. "avc1.64001f,mp4a.40.2"
+    width: int = 0
+    height: int = 0
+    frame_rate: float = 0.0
+    first_frame_arrival: float = 0.0  # wall clock when the first frame reached ingest
+    completed_at: float = 0.0  # wall clock when the segment's last frame was in
+    stored_at: float = 0.0  # wall clock when the objects were stored
+    timings: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,132 @@
+"""A tidecast node: every role in one process (``tidecast serve``).
+
+Builds the components from one ``Settings`` and owns their lifecycle:
+``start()`` brings them up in data-path order, ``aclose()`` stops them in
+reverse — publishers are closed, their last segments finished and packaged,
+playlists ended, and no ffmpeg or socket is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from tidecast.bus.memory import MemoryBus
+from tidecast.config import Settings
+from tidecast.db.repo import Database, NewStream
+from tidecast.ingest.rtmp.server import RTMPServer
+from tidecast.ingest.sessions import PublishGate
+from tidecast.origin.app import AppContext, create_app
+from tidecast.packager.service import Packager
+from tidecast.segmenter.service import SegmenterService
+from tidecast.store.local import LocalStore
+
+log = logging.getLogger("tidecast.node")
+
+ADMIN_TOKEN_FILE = "admin-token"
+DEFAULT_STREAM = "main"
+
+
+@dataclass(frozen=True, slots=True)
+class FirstRun:
+    admin_token: str | None  # set only when it was just generated
+    default_stream: NewStream | None
+
+
+def load_or_create_admin_token(data_dir: Path) -> tuple[str, bool]:
+    path = data_dir / ADMIN_TOKEN_FILE
+    if path.is_file():
+        token = path.read_text().strip()
+        if token:
+            return token, False
+    token = "adm_" + secrets.token_urlsafe(24)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token, True
+
+
+def open_database(settings: Settings) -> Database:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(settings.db_url)
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = open_database(settings)
+        self.admin_token, new_token = load_or_create_admin_token(settings.data_dir)
+        default = None
+        if not self.db.list_streams():
+            default = self.db.create_stream(DEFAULT_STREAM, "tidecast default stream")
+        self.first_run = FirstRun(self.admin_token if new_token else None, default)
+        self.store = LocalStore(settings.media_dir)
+        self.bus = MemoryBus()
+        self.segmenter = SegmenterService(self.store, self.bus, settings.segment_target)
+        self.packager = Packager(
+            self.store, self.bus, window=settings.playlist_window,
+            target_duration=settings.segment_target, reconnect_grace=settings.reconnect_grace,
+        )  # fmt: skip
+        self.gate = PublishGate(self.db, self.segmenter)
+        self.rtmp = RTMPServer(self.gate, settings.host, settings.rtmp_port, settings.rtmp_app)
+        self.app = create_app(
+            AppContext(settings, self.db, self.gate, self.admin_token, time.time())
+        )
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self.http_port = settings.http_port
+
+    async def start(self) -> None:
+        closed = self.db.close_open_broadcasts("server restarted")
+        if closed:
+            log.info("marked %d broadcasts left open by an earlier run as ended", closed)
+        await self.packager.start()
+        sock = _bind(self.settings.host, self.settings.http_port)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="off",
+            timeout_graceful_shutdown=2,
+        )  # fmt: skip
+        self._http = uvicorn.Server(config)
+        self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="http")
+        while not self._http.started:
+            if self._http_task.done():
+                await self._http_task
+                raise RuntimeError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        await self.rtmp.start()
+        log.info("HTTP origin listening on %s:%d", self.settings.host, self.http_port)
+
+    async def aclose(self) -> None:
+        log.info("shutting down")
+        await self.rtmp.aclose()  # closes publishers: gate finishes their broadcasts
+        await self.gate.aclose()
+        await self.segmenter.aclose()
+        await self.packager.aclose()  # handles what is still queued, then stops
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._http_task
+        await self.bus.aclose()
+        self.db.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,1 @@
+"""Origin: the HTTP server for players (HLS objects), the web pages and the JSON API."""

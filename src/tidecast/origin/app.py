@@ -1,0 +1,217 @@
+"""The HTTP application: HLS objects at /hls, web pages, and the JSON API at /api/v1.
+
+API calls that change anything need ``Authorization: Bearer <admin token>``;
+listing streams, reading a stream's live status and watching are public.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+
+from tidecast import __version__
+from tidecast.config import Settings
+from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
+from tidecast.ingest.sessions import PublishGate
+from tidecast.origin import files
+
+log = logging.getLogger("tidecast.origin")
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+CORS = {
+    "access-control-allow-origin": "*",
+    "access-control-expose-headers": "Content-Length, Content-Range, ETag, Age",
+}
+
+
+def find_vendor_dir() -> Path | None:
+    """Where npm installed the browser packages (hls.js): <repo>/web/node_modules."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "web" / "node_modules"
+        if (candidate / "hls.js" / "dist" / "hls.min.js").is_file():
+            return candidate
+    return None
+
+
+@dataclass(slots=True)
+class AppContext:
+    settings: Settings
+    db: Database
+    gate: PublishGate
+    admin_token: str
+    started_at: float
+
+
+# ---------------------------------------------------------------- API models
+class StreamOut(BaseModel):
+    name: str
+    title: str
+    live: bool
+    started_at: float | None = Field(None, description="wall clock (epoch s) the broadcast began")
+    broadcast: str | None = None
+    video: str = ""
+    audio: str = ""
+    watch_url: str
+    hls_url: str
+
+
+class StreamCreate(BaseModel):
+    name: str = Field(..., description="public name: lowercase letters, digits, - and _")
+    title: str = ""
+
+
+class StreamCreated(StreamOut):
+    stream_key: str = Field(..., description="secret: shown once, only its hash is kept")
+    publish_url: str
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    uptime_s: float
+    live_streams: int
+
+
+def create_app(ctx: AppContext) -> FastAPI:
+    settings = ctx.settings
+    media_root = settings.media_dir.resolve()
+    media_root.mkdir(parents=True, exist_ok=True)
+    vendor = find_vendor_dir()
+    if vendor is None:
+        log.warning("hls.js is not installed (web/node_modules); run scripts/setup.sh")
+
+    app = FastAPI(
+        title="tidecast", version=__version__,
+        openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None,
+    )  # fmt: skip
+    api = APIRouter(prefix="/api/v1")
+
+    def stream_out(name: str, title: str) -> StreamOut:
+        s = ctx.gate.live.get(name)
+        return StreamOut(
+            name=name, title=title, live=s is not None,
+            started_at=s.started_at if s else None, broadcast=s.broadcast if s else None,
+            video=s.video if s else "", audio=s.audio if s else "",
+            watch_url=f"/watch/{name}", hls_url=f"/hls/{name}/master.m3u8",
+        )  # fmt: skip
+
+    def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode(), ctx.admin_token.encode()
+        ):
+            raise HTTPException(401, "admin token required", {"WWW-Authenticate": "Bearer"})
+
+    @api.get("/health", response_model=Health)
+    async def health() -> Health:
+        return Health(
+            status="ok", version=__version__, uptime_s=round(time.time() - ctx.started_at, 3),
+            live_streams=len(ctx.gate.live),
+        )  # fmt: skip
+
+    @api.get("/streams", response_model=list[StreamOut])
+    async def list_streams(live: bool | None = None) -> list[StreamOut]:
+        rows = await asyncio.to_thread(ctx.db.list_streams)
+        out = [stream_out(r.name, r.title) for r in rows]
+        return [s for s in out if live is None or s.live == live]
+
+    @api.get("/streams/{name}", response_model=StreamOut, responses={404: {}})
+    async def get_stream(name: str) -> StreamOut:
+        try:
+            row = await asyncio.to_thread(ctx.db.get_stream, name)
+        except StreamNotFound:
+            raise HTTPException(404, f"no stream named {name!r}") from None
+        return stream_out(row.name, row.title)
+
+    @api.post(
+        "/streams", response_model=StreamCreated, status_code=201,
+        dependencies=[Depends(require_admin)], responses={401: {}, 409: {}, 422: {}},
+    )  # fmt: skip
+    async def create_stream(body: StreamCreate) -> StreamCreated:
+        try:
+            new = await asyncio.to_thread(ctx.db.create_stream, body.name, body.title)
+        except InvalidName as exc:
+            raise HTTPException(422, str(exc)) from None
+        except NameTaken as exc:
+            raise HTTPException(409, str(exc)) from None
+        base = stream_out(new.stream.name, new.stream.title)
+        return StreamCreated(
+            **base.model_dump(), stream_key=new.key,
+            publish_url=settings.publish_url(),
+        )  # fmt: skip
+
+    app.include_router(api)
+
+    # ------------------------------------------------------------ HLS objects
+    @app.api_route("/hls/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+    async def hls(path: str, request: Request) -> Response:
+        raw = request.scope.get("raw_path", b"").decode("latin-1")
+        try:
+            target = files.resolve(media_root / "hls", raw, path)
+            served = await asyncio.to_thread(
+                files.serve, media_root, target, dict(request.headers), request.method == "HEAD"
+            )
+        except files.BadPath as exc:
+            return JSONResponse({"detail": str(exc)}, 400, headers=CORS)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return JSONResponse({"detail": "not found"}, 404, headers=CORS)
+        except OSError as exc:  # e.g. ELOOP from a symlink
+            log.warning("refused %s: %s", path, exc)
+            return JSONResponse({"detail": "not found"}, 404, headers=CORS)
+        headers = {**served.headers, **CORS}
+        if request.method == "HEAD" or served.status in (304, 416):
+            return Response(status_code=served.status, headers=headers)
+        return Response(served.body, served.status, headers=headers)
+
+    @app.options("/hls/{path:path}", include_in_schema=False)
+    async def hls_preflight(path: str) -> Response:
+        return Response(
+            status_code=204,
+            headers={
+                **CORS,
+                "access-control-allow-methods": "GET, HEAD, OPTIONS",
+                "access-control-allow-headers": "Range, If-None-Match, If-Modified-Since",
+                "access-control-max-age": "86400",
+            },
+        )
+
+    # ------------------------------------------------------------ web pages
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", headers={"cache-control": "no-cache"})
+
+    @app.get("/watch/{name}", include_in_schema=False)
+    async def watch(name: str) -> Response:
+        try:
+            await asyncio.to_thread(ctx.db.get_stream, name)
+        except StreamNotFound:
+            return HTMLResponse(f"<h1>No stream named {_esc(name)}</h1>", 404)
+        return FileResponse(WEB_DIR / "watch.html", headers={"cache-control": "no-cache"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        allowed = {"player.js": "text/javascript", "style.css": "text/css", "index.js": "text/javascript"}
+        if name in allowed:
+            return FileResponse(WEB_DIR / name, media_type=allowed[name],
+                                headers={"cache-control": "no-cache"})  # fmt: skip
+        if name == "hls.min.js" and vendor is not None:
+            return FileResponse(vendor / "hls.js" / "dist" / "hls.min.js",
+                                media_type="text/javascript",
+                                headers={"cache-control": "public, max-age=3600"})  # fmt: skip
+        raise HTTPException(404, "not found")
+
+    return app
+
+
+def _esc(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

@@ -1,0 +1,120 @@
+"""HLS playlist model and rendering (RFC 8216 / 8216bis), sans-I/O.
+
+``MediaPlaylist`` is a live sliding window: EXT-X-MAP whenever the init segment
+changes, EXT-X-DISCONTINUITY where the timeline breaks (publisher reconnect,
+new encoding parameters), EXT-X-PROGRAM-DATE-TIME on every segment, EXT-X-GAP
+for segments that could not be produced, and EXT-X-DISCONTINUITY-SEQUENCE kept
+right as the window slides. EXT-X-TARGETDURATION never decreases and is always
+at least every EXTINF rounded to the nearest integer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+HLS_VERSION = 8  # EXT-X-GAP needs 8; EXT-X-MAP in a media playlist needs 6+
+
+
+@dataclass(frozen=True, slots=True)
+class PlaylistSegment:
+    msn: int
+    uri: str
+    duration: float
+    init_uri: str
+    program_date_time: float | None = None  # epoch seconds
+    discontinuity: bool = False
+    gap: bool = False
+
+
+def format_pdt(ts: float) -> str:
+    dt = datetime.fromtimestamp(ts, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+class MediaPlaylist:
+    def __init__(self, window: int, target_duration: float) -> None:
+        if window < 3:
+            raise ValueError("a live playlist window needs at least 3 segments")
+        self.window = window
+        self.target_duration = max(1, math.ceil(target_duration - 1e-6))
+        self.segments: deque[PlaylistSegment] = deque()
+        self.discontinuity_sequence = 0
+        self.ended = False
+
+    @property
+    def media_sequence(self) -> int:
+        return self.segments[0].msn if self.segments else 0
+
+    @property
+    def next_msn(self) -> int:
+        return self.segments[-1].msn + 1 if self.segments else 0
+
+    def append(self, seg: PlaylistSegment) -> None:
+        if self.segments and seg.msn <= self.segments[-1].msn:
+            raise ValueError(f"segment {seg.msn} is not after {self.segments[-1].msn}")
+        self.ended = False
+        self.target_duration = max(self.target_duration, round(seg.duration))
+        self.segments.append(seg)
+        while len(self.segments) > self.window:
+            gone = self.segments.popleft()
+            if gone.discontinuity:  # its tag leaves the playlist: count it
+                self.discontinuity_sequence += 1
+
+    def end(self) -> None:
+        self.ended = True
+
+    def render(self) -> str:
+        lines = [
+            "#EXTM3U",
+            f"#EXT-X-VERSION:{HLS_VERSION}",
+            f"#EXT-X-TARGETDURATION:{self.target_duration}",
+            f"#EXT-X-MEDIA-SEQUENCE:{self.media_sequence}",
+        ]
+        if self.discontinuity_sequence:
+            lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{self.discontinuity_sequence}")
+        lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
+        current_map = None
+        for seg in self.segments:
+            if seg.discontinuity:
+                lines.append("#EXT-X-DISCONTINUITY")
+            if seg.init_uri != current_map:
+                lines.append(f'#EXT-X-MAP:URI="{seg.init_uri}"')
+                current_map = seg.init_uri
+            if seg.program_date_time is not None:
+                lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{format_pdt(seg.program_date_time)}")
+            if seg.gap:
+                lines.append("#EXT-X-GAP")
+            lines.append(f"#EXTINF:{seg.duration:.5f},")
+            lines.append(seg.uri)
+        if self.ended:
+            lines.append("#EXT-X-ENDLIST")
+        return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    uri: str
+    bandwidth: int  # peak bits/s
+    average_bandwidth: int
+    codecs: str
+    width: int = 0
+    height: int = 0
+    frame_rate: float = 0.0
+
+
+def render_multivariant(variants: list[Variant]) -> str:
+    lines = ["#EXTM3U", f"#EXT-X-VERSION:{HLS_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    for v in sorted(variants, key=lambda v: -v.bandwidth):
+        attrs = [f"BANDWIDTH={v.bandwidth}", f"AVERAGE-BANDWIDTH={v.average_bandwidth}"]
+        if v.codecs:
+            attrs.append(f'CODECS="{v.codecs}"')
+        if v.width and v.height:
+            attrs.append(f"RESOLUTION={v.width}x{v.height}")
+        if v.frame_rate:
+            attrs.append(f"FRAME-RATE={v.frame_rate:.3f}")
+        lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
+        lines.append(v.uri)
+    return "\n".join(lines) + "\n"

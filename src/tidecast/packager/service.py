@@ -1,0 +1,263 @@
+"""Packager service: consumes ``SegmentReady`` / broadcast events, writes HLS playlists.
+
+Per stream it keeps one live media playlist per rendition and the multivariant
+playlist. Segments are published strictly in sequence order per rendition
+(out-of-order arrivals wait for their predecessors); a playlist is written only
+after the objects it names are stored (the bus message comes after the store
+write), and every playlist write is atomic (the store's contract).
+
+Media sequence numbers are shared by all renditions: ``base + sequence`` where
+``base`` is fixed when a broadcast starts, so segment N of every rendition has
+the same number. A publisher that comes back within the reconnect grace continues
+the same playlists after an EXT-X-DISCONTINUITY; otherwise EXT-X-ENDLIST is
+written when the grace runs out (at once on server shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tidecast.bus.base import Bus, Subscription
+from tidecast.messages import BroadcastEnded, BroadcastStarted, SegmentReady
+from tidecast.packager.hls import MediaPlaylist, PlaylistSegment, Variant, render_multivariant
+from tidecast.store.base import Store
+
+log = logging.getLogger("tidecast.packager")
+
+
+def media_playlist_key(stream: str, rendition: str) -> str:
+    return f"hls/{stream}/{rendition}.m3u8"
+
+
+def multivariant_key(stream: str) -> str:
+    return f"hls/{stream}/master.m3u8"
+
+
+@dataclass(slots=True)
+class RenditionState:
+    name: str
+    playlist: MediaPlaylist
+    next_seq: dict[str, int] = field(default_factory=dict)  # broadcast -> next sequence
+    pending: dict[tuple[str, int], SegmentReady] = field(default_factory=dict)
+    peak_bps: int = 0
+    total_bits: float = 0.0
+    total_seconds: float = 0.0
+    codecs: str = ""
+    width: int = 0
+    height: int = 0
+    frame_rate: float = 0.0
+    last_init: str = ""
+    discontinuity_next: bool = False
+
+    def variant(self) -> Variant:
+        avg = int(self.total_bits / self.total_seconds) if self.total_seconds else self.peak_bps
+        return Variant(
+            uri=f"{self.name}.m3u8", bandwidth=max(self.peak_bps, avg), average_bandwidth=avg,
+            codecs=self.codecs, width=self.width, height=self.height, frame_rate=self.frame_rate,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class BroadcastTimeline:
+    msn_base: int
+    pdt_anchor: float | None = None  # wall clock of media time 0
+
+
+@dataclass(slots=True)
+class StreamState:
+    name: str
+    renditions: dict[str, RenditionState] = field(default_factory=dict)
+    broadcasts: dict[str, BroadcastTimeline] = field(default_factory=dict)
+    current: str | None = None
+    next_msn: int = 0
+    end_timer: asyncio.TimerHandle | None = None
+    ended: bool = False
+    master_text: str = ""
+
+
+PublishedHook = Callable[[SegmentReady, float], None]
+
+
+class Packager:
+    def __init__(
+        self, store: Store, bus: Bus, *, window: int, target_duration: float,
+        reconnect_grace: float,
+    ) -> None:  # fmt: skip
+        self.store = store
+        self.bus = bus
+        self.window = window
+        self.target_duration = target_duration
+        self.reconnect_grace = reconnect_grace
+        self.streams: dict[str, StreamState] = {}
+        self.hooks: list[PublishedHook] = []
+        self._subs: list[Subscription] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+        self._inflight = 0
+
+    async def start(self) -> None:
+        await self._drop_stale_playlists()
+        for pattern in ("broadcast.>", "segment.>"):
+            sub = self.bus.subscribe(pattern)
+            self._subs.append(sub)
+            self._tasks.append(asyncio.create_task(self._consume(sub), name=f"packager {pattern}"))
+
+    def _busy(self) -> bool:
+        return bool(self._inflight or any(sub.pending() for sub in self._subs))
+
+    async def aclose(self, drain_timeout: float = 5.0) -> None:
+        """Handle every message already delivered, then stop consuming."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_timeout
+        while loop.time() < deadline and self._busy():  # noqa: ASYNC110 (bounded shutdown drain)
+            await asyncio.sleep(0.01)
+        for sub in self._subs:
+            await sub.aclose()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for st in self.streams.values():
+            if st.end_timer:
+                st.end_timer.cancel()
+
+    async def _drop_stale_playlists(self) -> None:
+        """Live playlists left by an earlier run describe nothing live: remove them."""
+        for key in await self.store.list("hls"):
+            parts = key.split("/")
+            if len(parts) == 3 and key.endswith(".m3u8"):
+                await self.store.delete(key)
+
+    async def _consume(self, sub: Subscription) -> None:
+        async for delivery in sub:
+            msg = delivery.message
+            self._inflight += 1
+            try:
+                async with self._lock:
+                    if isinstance(msg, SegmentReady):
+                        await self._on_segment(msg)
+                    elif isinstance(msg, BroadcastStarted):
+                        self._on_started(msg)
+                    elif isinstance(msg, BroadcastEnded):
+                        await self._on_ended(msg)
+            except Exception:
+                log.exception("packager failed on %s", delivery.subject)
+            finally:
+                self._inflight -= 1
+            await delivery.ack()
+
+    def _stream(self, name: str) -> StreamState:
+        st = self.streams.get(name)
+        if st is None:
+            st = self.streams[name] = StreamState(name)
+        return st
+
+    def _on_started(self, msg: BroadcastStarted) -> None:
+        st = self._stream(msg.stream)
+        if msg.broadcast in st.broadcasts:
+            return
+        if st.end_timer:
+            st.end_timer.cancel()
+            st.end_timer = None
+        st.broadcasts[msg.broadcast] = BroadcastTimeline(msn_base=st.next_msn)
+        had_segments = any(r.playlist.segments for r in st.renditions.values())
+        st.current = msg.broadcast
+        st.ended = False
+        for r in st.renditions.values():
+            r.discontinuity_next = had_segments
+        log.info("%s: broadcast %s started", msg.stream, msg.broadcast)
+
+    async def _on_ended(self, msg: BroadcastEnded) -> None:
+        st = self._stream(msg.stream)
+        if st.current != msg.broadcast:
+            return
+        if msg.reason == "server shutdown" or self.reconnect_grace == 0:
+            await self._end_stream(st)
+            return
+        loop = asyncio.get_running_loop()
+        st.end_timer = loop.call_later(
+            self.reconnect_grace, lambda: asyncio.ensure_future(self._grace_over(st, msg.broadcast))
+        )
+
+    async def _grace_over(self, st: StreamState, broadcast: str) -> None:
+        async with self._lock:
+            if st.current == broadcast and not st.ended:
+                await self._end_stream(st)
+
+    async def _end_stream(self, st: StreamState) -> None:
+        st.ended = True
+        for r in st.renditions.values():
+            r.playlist.end()
+            await self.store.put(media_playlist_key(st.name, r.name), r.playlist.render().encode())
+        log.info("%s: playlists ended", st.name)
+
+    async def _on_segment(self, msg: SegmentReady) -> None:
+        st = self._stream(msg.stream)
+        timeline = st.broadcasts.get(msg.broadcast)
+        if timeline is None:  # segment before its BroadcastStarted: treat as started
+            self._on_started(BroadcastStarted(msg.stream, msg.broadcast, msg.first_frame_arrival))
+            timeline = st.broadcasts[msg.broadcast]
+        r = st.renditions.get(msg.rendition)
+        if r is None:
+            r = st.renditions[msg.rendition] = RenditionState(
+                msg.rendition, MediaPlaylist(self.window, self.target_duration)
+            )
+            # a rendition that first appears mid-stream starts at the right msn
+        r.pending[(msg.broadcast, msg.sequence)] = msg
+        nxt = r.next_seq.setdefault(msg.broadcast, 0)
+        published = False
+        while (msg.broadcast, nxt) in r.pending:
+            seg = r.pending.pop((msg.broadcast, nxt))
+            self._append(st, r, timeline, seg)
+            nxt += 1
+            published = True
+        r.next_seq[msg.broadcast] = nxt
+        if not published:
+            return
+        await self.store.put(media_playlist_key(st.name, r.name), r.playlist.render().encode())
+        await self._write_master(st)
+        now = time.time()
+        for hook in self.hooks:
+            hook(msg, now)
+
+    def _append(
+        self, st: StreamState, r: RenditionState, tl: BroadcastTimeline, seg: SegmentReady
+    ) -> None:
+        if tl.pdt_anchor is None:
+            tl.pdt_anchor = seg.first_frame_arrival - seg.start
+        msn = tl.msn_base + seg.sequence
+        base = f"hls/{st.name}/"
+        init_uri = posixpath.relpath(seg.init_key, base)
+        discontinuity = r.discontinuity_next or (bool(r.last_init) and init_uri != r.last_init)
+        if msn < r.playlist.next_msn:  # duplicate delivery of a segment already listed
+            return
+        r.playlist.append(
+            PlaylistSegment(
+                msn=msn, uri=posixpath.relpath(seg.segment_key, base), duration=seg.duration,
+                init_uri=init_uri, program_date_time=tl.pdt_anchor + seg.start,
+                discontinuity=discontinuity,
+            )
+        )  # fmt: skip
+        r.discontinuity_next = False
+        r.last_init = init_uri
+        st.next_msn = max(st.next_msn, msn + 1)
+        if seg.duration > 0:
+            bits = seg.size * 8
+            r.peak_bps = max(r.peak_bps, int(bits / seg.duration))
+            r.total_bits += bits
+            r.total_seconds += seg.duration
+        r.codecs = seg.codecs or r.codecs
+        r.width, r.height = seg.width or r.width, seg.height or r.height
+        r.frame_rate = seg.frame_rate or r.frame_rate
+
+    async def _write_master(self, st: StreamState) -> None:
+        variants = [r.variant() for r in st.renditions.values() if r.playlist.segments]
+        text = render_multivariant(variants)
+        if text != st.master_text:
+            await self.store.put(multivariant_key(st.name), text.encode())
+            st.master_text = text

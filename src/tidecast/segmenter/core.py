@@ -1,0 +1,215 @@
+"""Sans-I/O segment cutting: frames in, ``SourceSegment`` records out.
+
+Rules:
+- Video drives the cuts: a segment ends at the first video keyframe whose
+  decode time is at least ``0.9 * target`` after the segment's first frame, so
+  a longer source GOP gives longer segments and renditions can switch at every
+  boundary. Video before the first keyframe is dropped.
+- Audio is never cut mid-run: each segment takes the audio frames that arrived
+  since the previous cut, so the audio track is continuous across segments.
+  Audio decode times are counted in samples (sample-exact continuity) and
+  re-synchronised to the publisher's clock only when it drifts by more than
+  two frames (a real gap in the source).
+- Without video (audio-only publish), audio drives the cuts by duration.
+- A changed decoder configuration (resolution, codec) ends the segment and the
+  next one starts with the new configuration (a new init segment downstream).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tidecast.media.frames import AudioConfig, MediaFrame, TrackKind, VideoConfig
+
+VIDEO_TIMESCALE = 90_000
+MS = VIDEO_TIMESCALE // 1000
+
+
+@dataclass(frozen=True, slots=True)
+class VideoSample:
+    data: bytes
+    dts: int  # VIDEO_TIMESCALE ticks
+    duration: int
+    cts_offset: int
+    keyframe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AudioSample:
+    data: bytes
+    dts: int  # samples (timescale = sample rate)
+    duration: int
+
+
+@dataclass(slots=True)
+class SourceSegment:
+    sequence: int
+    video_config: VideoConfig | None
+    audio_config: AudioConfig | None
+    video: list[VideoSample] = field(default_factory=list)
+    audio: list[AudioSample] = field(default_factory=list)
+    first_frame_arrival: float = 0.0
+    completed_at: float = 0.0
+    config_generation: int = 0  # bumps whenever the decoder configuration changes
+
+    @property
+    def start(self) -> float:
+        """Media time (seconds) of the first frame: video if any, else audio."""
+        if self.video:
+            return self.video[0].dts / VIDEO_TIMESCALE
+        if self.audio and self.audio_config:
+            return self.audio[0].dts / self.audio_config.sample_rate
+        return 0.0
+
+    @property
+    def duration(self) -> float:
+        if self.video:
+            return sum(s.duration for s in self.video) / VIDEO_TIMESCALE
+        if self.audio and self.audio_config:
+            return sum(s.duration for s in self.audio) / self.audio_config.sample_rate
+        return 0.0
+
+    @property
+    def frame_rate(self) -> float:
+        d = self.duration
+        return len(self.video) / d if self.video and d > 0 else 0.0
+
+
+class Segmenter:
+    """Feed it configs and frames; it returns completed segments as they are cut."""
+
+    def __init__(self, target: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+        self.target_ticks = round(target * 0.9 * VIDEO_TIMESCALE)
+        self.target = target
+        self.clock = clock
+        self.video_config: VideoConfig | None = None
+        self.audio_config: AudioConfig | None = None
+        self.config_generation = 0
+        self.expect_video = False
+        self._seq = 0
+        self._video: list[MediaFrame] = []  # current segment's video, not yet timed
+        self._audio: list[AudioSample] = []
+        self._first_arrival = 0.0
+        self._next_audio_dts: int | None = None
+        self._last_video_duration = 3000  # 1/30 s until we know better
+        self._seen_keyframe = False
+        self.dropped_frames = 0
+
+    # -- configuration -------------------------------------------------------
+    def set_video_config(self, cfg: VideoConfig) -> list[SourceSegment]:
+        self.expect_video = True
+        if cfg == self.video_config:
+            return []
+        out = self._reconfigure()
+        if self.video_config is not None:
+            self._seen_keyframe = False
+        self.video_config = cfg
+        return out
+
+    def set_audio_config(self, cfg: AudioConfig) -> list[SourceSegment]:
+        if cfg == self.audio_config:
+            return []
+        out = self._reconfigure()
+        self._next_audio_dts = None
+        self.audio_config = cfg
+        return out
+
+    def _reconfigure(self) -> list[SourceSegment]:
+        """A decoder configuration changes: segments cut so far keep the old one."""
+        started = self._seq > 0 or self._video or self._audio
+        if not started:
+            return []
+        out = self._flush_current()
+        self.config_generation += 1
+        return out
+
+    # -- frames --------------------------------------------------------------
+    def push(self, frame: MediaFrame) -> list[SourceSegment]:
+        if frame.kind is TrackKind.VIDEO:
+            return self._push_video(frame)
+        return self._push_audio(frame)
+
+    def _push_video(self, frame: MediaFrame) -> list[SourceSegment]:
+        if self.video_config is None:
+            self.dropped_frames += 1
+            return []
+        out: list[SourceSegment] = []
+        if not self._seen_keyframe:
+            if not frame.keyframe:
+                self.dropped_frames += 1
+                return []
+            self._seen_keyframe = True
+        elif frame.keyframe and self._video:
+            elapsed = (frame.dts - self._video[0].dts) * MS
+            if elapsed >= self.target_ticks:
+                out.append(self._cut(next_video_dts=frame.dts * MS))
+        if not self._video and not self._audio:
+            self._first_arrival = frame.arrival or self.clock()
+        self._video.append(frame)
+        return out
+
+    def _push_audio(self, frame: MediaFrame) -> list[SourceSegment]:
+        cfg = self.audio_config
+        if cfg is None:
+            self.dropped_frames += 1
+            return []
+        if self.expect_video and not self._seen_keyframe:
+            self.dropped_frames += 1  # wait for the first picture so A/V start together
+            return []
+        spf = cfg.samples_per_frame
+        from_clock = frame.dts * cfg.sample_rate // 1000
+        if self._next_audio_dts is None or abs(from_clock - self._next_audio_dts) > 2 * spf:
+            dts = from_clock
+        else:
+            dts = self._next_audio_dts
+        self._next_audio_dts = dts + spf
+        out: list[SourceSegment] = []
+        elapsed = dts - self._audio[0].dts if self._audio else 0
+        if not self.expect_video and elapsed >= self.target * 0.9 * cfg.sample_rate:
+            out.append(self._cut(next_video_dts=None))
+        if not self._video and not self._audio:
+            self._first_arrival = frame.arrival or self.clock()
+        self._audio.append(AudioSample(frame.data, dts, spf))
+        return out
+
+    def flush(self) -> list[SourceSegment]:
+        """End of stream: whatever is pending becomes the last segment."""
+        return self._flush_current()
+
+    # -- cutting -------------------------------------------------------------
+    def _flush_current(self) -> list[SourceSegment]:
+        if not self._video and not self._audio:
+            return []
+        return [self._cut(next_video_dts=None)]
+
+    def _cut(self, next_video_dts: int | None) -> SourceSegment:
+        video: list[VideoSample] = []
+        frames = self._video
+        for i, f in enumerate(frames):
+            dts = f.dts * MS
+            if i + 1 < len(frames):
+                nxt = frames[i + 1].dts * MS
+            elif next_video_dts is not None:
+                nxt = next_video_dts
+            else:
+                nxt = dts + self._last_video_duration
+            duration = max(1, nxt - dts)
+            video.append(VideoSample(f.data, dts, duration, (f.pts - f.dts) * MS, f.keyframe))
+        if len(video) >= 2:
+            self._last_video_duration = video[-2].duration
+        seg = SourceSegment(
+            sequence=self._seq,
+            video_config=self.video_config,  # configs in force (the init segment's tracks)
+            audio_config=self.audio_config,
+            video=video,
+            audio=self._audio,
+            first_frame_arrival=self._first_arrival,
+            completed_at=self.clock(),
+            config_generation=self.config_generation,
+        )
+        self._seq += 1
+        self._video = []
+        self._audio = []
+        return seg

@@ -1,0 +1,170 @@
+"""SegmenterService: one ``BroadcastSegmenter`` per live broadcast.
+
+Ingest calls the synchronous sink methods from its read loop; cut segments
+queue up for one writer task per broadcast, which muxes them to CMAF, stores
+init and media objects, and only then publishes ``SegmentReady`` on the bus —
+a message never points at an object that is not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from tidecast.bus.base import Bus
+from tidecast.media.frames import AudioConfig, MediaFrame, VideoConfig
+from tidecast.messages import BroadcastEnded, BroadcastStarted, SegmentReady
+from tidecast.segmenter import cmaf
+from tidecast.segmenter.core import Segmenter, SourceSegment
+from tidecast.store.base import Store
+
+log = logging.getLogger("tidecast.segmenter")
+
+SOURCE = "source"
+_END = None
+
+
+def broadcast_prefix(stream: str, broadcast: str) -> str:
+    return f"hls/{stream}/{broadcast}"
+
+
+def init_key(stream: str, broadcast: str, rendition: str, generation: int) -> str:
+    return f"{broadcast_prefix(stream, broadcast)}/{rendition}/init{generation}.mp4"
+
+
+def segment_key(stream: str, broadcast: str, rendition: str, sequence: int) -> str:
+    return f"{broadcast_prefix(stream, broadcast)}/{rendition}/{sequence:06d}.m4s"
+
+
+@dataclass(slots=True)
+class SegmenterStats:
+    segments: int = 0
+    bytes: int = 0
+    store_errors: int = 0
+
+
+class BroadcastSegmenter:
+    """The sink ingest feeds for one broadcast."""
+
+    def __init__(
+        self, service: SegmenterService, stream: str, broadcast: str, started_at: float
+    ) -> None:
+        self.service = service
+        self.stream = stream
+        self.broadcast = broadcast
+        self.started_at = started_at
+        self.core = Segmenter(service.target)
+        self.queue: asyncio.Queue[SourceSegment | None] = asyncio.Queue()
+        self.stats = SegmenterStats()
+        self._announced = False
+        self._stored_inits: set[int] = set()
+        self._finished = False
+        self.log = logging.LoggerAdapter(log, {"stream": stream})
+        self.writer = asyncio.create_task(self._write_loop(), name=f"segmenter-{stream}")
+
+    # -- sink API (called by ingest) -----------------------------------------
+    def metadata(self, data: dict[str, object]) -> None:
+        if data.get("videocodecid") not in (None, 0, 0.0, ""):
+            self.core.expect_video = True
+
+    def video_config(self, cfg: VideoConfig) -> None:
+        self._enqueue(self.core.set_video_config(cfg))
+
+    def audio_config(self, cfg: AudioConfig) -> None:
+        self._enqueue(self.core.set_audio_config(cfg))
+
+    def frame(self, frame: MediaFrame) -> None:
+        self._enqueue(self.core.push(frame))
+
+    async def finish(self, reason: str = "unpublished") -> None:
+        """Cut the last segment, wait until everything is stored and announced."""
+        if self._finished:
+            await self.writer
+            return
+        self._finished = True
+        self._enqueue(self.core.flush())
+        self.queue.put_nowait(_END)
+        await self.writer
+        await self.service.bus.publish(
+            f"broadcast.{self.stream}",
+            BroadcastEnded(self.stream, self.broadcast, time.time(), reason),
+        )
+        self.service.active.pop(self.broadcast, None)
+        self.log.info(
+            "broadcast %s ended (%s): %d segments, %d bytes",
+            self.broadcast, reason, self.stats.segments, self.stats.bytes,
+        )
+
+    # -- writer ----------------------------------------------------------------
+    def _enqueue(self, segments: list[SourceSegment]) -> None:
+        for seg in segments:
+            self.queue.put_nowait(seg)
+
+    async def _write_loop(self) -> None:
+        while (seg := await self.queue.get()) is not _END:
+            try:
+                await self._store(seg)
+            except Exception:
+                # A segment that cannot be stored is lost; the broadcast goes on.
+                self.stats.store_errors += 1
+                self.log.exception("could not store segment %d of %s", seg.sequence, self.broadcast)
+
+    async def _store(self, seg: SourceSegment) -> None:
+        store, bus = self.service.store, self.service.bus
+        if not self._announced:
+            self._announced = True
+            v, a = seg.video_config, seg.audio_config
+            await bus.publish(
+                f"broadcast.{self.stream}",
+                BroadcastStarted(
+                    self.stream, self.broadcast, self.started_at,
+                    video_codec=v.codec if v else "", width=v.width if v else 0,
+                    height=v.height if v else 0, audio_codec=a.codec if a else "",
+                    frame_rate=round(seg.frame_rate, 3),
+                ),
+            )  # fmt: skip
+        gen = seg.config_generation
+        ikey = init_key(self.stream, self.broadcast, SOURCE, gen)
+        if gen not in self._stored_inits:
+            await store.put(ikey, cmaf.init_segment(seg.video_config, seg.audio_config))
+            self._stored_inits.add(gen)
+        data = cmaf.media_segment(seg)
+        skey = segment_key(self.stream, self.broadcast, SOURCE, seg.sequence)
+        await store.put(skey, data)
+        stored_at = time.time()
+        self.stats.segments += 1
+        self.stats.bytes += len(data)
+        v, a = seg.video_config, seg.audio_config
+        codecs = ",".join(c.codec for c in (v, a) if c is not None)
+        await bus.publish(
+            f"segment.{self.stream}",
+            SegmentReady(
+                stream=self.stream, broadcast=self.broadcast, rendition=SOURCE,
+                sequence=seg.sequence, start=seg.start, duration=seg.duration,
+                init_key=ikey, segment_key=skey, size=len(data),
+                has_video=bool(seg.video), has_audio=bool(seg.audio), codecs=codecs,
+                width=v.width if v else 0, height=v.height if v else 0,
+                frame_rate=round(seg.frame_rate, 3),
+                first_frame_arrival=seg.first_frame_arrival, completed_at=seg.completed_at,
+                stored_at=stored_at,
+            ),
+        )  # fmt: skip
+
+
+class SegmenterService:
+    def __init__(self, store: Store, bus: Bus, target: float) -> None:
+        self.store = store
+        self.bus = bus
+        self.target = target
+        self.active: dict[str, BroadcastSegmenter] = {}
+
+    def open(self, stream: str, broadcast: str, started_at: float) -> BroadcastSegmenter:
+        seg = BroadcastSegmenter(self, stream, broadcast, started_at)
+        self.active[broadcast] = seg
+        return seg
+
+    async def aclose(self) -> None:
+        for seg in list(self.active.values()):
+            await seg.finish("server shutdown")

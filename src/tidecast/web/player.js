@@ -1,0 +1,199 @@
+// tidecast watch page: hls.js with low-latency-friendly live settings, a quality
+// menu (Auto + every rendition), a stats overlay, and an offline state that
+// turns into playback by itself when the stream goes live.
+"use strict";
+(function () {
+  const name = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+  const src = "/hls/" + encodeURIComponent(name) + "/master.m3u8";
+  const video = document.getElementById("video");
+  const offline = document.getElementById("offline");
+  const quality = document.getElementById("quality");
+  const statsBox = document.getElementById("stats");
+  const statusEl = document.getElementById("status");
+  document.getElementById("title").textContent = name;
+  document.title = name + " — tidecast";
+
+  const player = { state: "offline", hls: null, errors: [], levelSwitches: [] };
+  window.tidecastPlayer = player;
+
+  function setState(s) {
+    player.state = s;
+    document.body.dataset.state = s;
+    offline.hidden = s === "playing" || s === "loading";
+    statusEl.textContent = s === "playing" ? "live" : s;
+  }
+
+  function levelLabel(l) {
+    const kbps = Math.round((l.bitrate || 0) / 1000);
+    return (l.height ? l.height + "p" : "audio") + " · " + kbps + " kb/s";
+  }
+
+  function fillQualityMenu(hls) {
+    quality.replaceChildren();
+    const auto = document.createElement("option");
+    auto.value = "-1";
+    auto.textContent = "Auto";
+    quality.appendChild(auto);
+    hls.levels.forEach((l, i) => {
+      const o = document.createElement("option");
+      o.value = String(i);
+      o.textContent = levelLabel(l);
+      quality.appendChild(o);
+    });
+    quality.value = hls.autoLevelEnabled ? "-1" : String(hls.currentLevel);
+  }
+
+  function showAutoChoice(hls) {
+    const auto = quality.querySelector('option[value="-1"]');
+    if (!auto) return;
+    const l = hls.levels[hls.currentLevel];
+    auto.textContent = hls.autoLevelEnabled && l ? "Auto (" + levelLabel(l) + ")" : "Auto";
+  }
+
+  quality.addEventListener("change", () => {
+    if (!player.hls) return;
+    const v = parseInt(quality.value, 10);
+    player.hls.currentLevel = v; // -1 = automatic
+    showAutoChoice(player.hls);
+  });
+
+  document.getElementById("stats-toggle").addEventListener("click", () => {
+    statsBox.hidden = !statsBox.hidden;
+  });
+
+  function stats() {
+    const hls = player.hls;
+    const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
+    let buffered = 0;
+    for (let i = 0; i < video.buffered.length; i++) {
+      if (video.buffered.start(i) <= video.currentTime && video.currentTime <= video.buffered.end(i)) {
+        buffered = video.buffered.end(i) - video.currentTime;
+      }
+    }
+    const level = hls && hls.levels[hls.currentLevel];
+    return {
+      state: player.state,
+      level: level ? levelLabel(level) : "-",
+      auto: hls ? hls.autoLevelEnabled : false,
+      bandwidthKbps: hls ? Math.round(hls.bandwidthEstimate / 1000) : 0,
+      bufferS: +buffered.toFixed(2),
+      latencyS: hls && hls.latency ? +hls.latency.toFixed(2) : null,
+      droppedFrames: q ? q.droppedVideoFrames : 0,
+      decodedFrames: q ? q.totalVideoFrames : 0,
+      currentTime: +video.currentTime.toFixed(2),
+    };
+  }
+  player.stats = stats;
+
+  setInterval(() => {
+    if (statsBox.hidden) return;
+    const s = stats();
+    statsBox.textContent =
+      "rendition  " + s.level + (s.auto ? " (auto)" : "") + "\n" +
+      "bandwidth  " + s.bandwidthKbps + " kb/s\n" +
+      "buffer     " + s.bufferS + " s\n" +
+      "latency    " + (s.latencyS === null ? "-" : s.latencyS + " s") + "\n" +
+      "frames     " + s.droppedFrames + " dropped / " + s.decodedFrames + " decoded";
+  }, 500);
+
+  function destroy() {
+    if (player.hls) {
+      player.hls.destroy();
+      player.hls = null;
+    }
+  }
+
+  function start() {
+    destroy();
+    setState("loading");
+    if (!window.Hls || !Hls.isSupported()) {
+      if (video.canPlayType("application/vnd.apple.mpegurl")) {
+        video.src = src; // Safari's native HLS
+        video.play().catch(() => {});
+        setState("playing");
+        return;
+      }
+      setState("unsupported");
+      return;
+    }
+    const hls = new Hls({
+      lowLatencyMode: true,
+      liveSyncDurationCount: 2,
+      liveMaxLatencyDurationCount: 5,
+      maxLiveSyncPlaybackRate: 1.1,
+      backBufferLength: 30,
+      capLevelToPlayerSize: true,
+      capLevelOnFPSDrop: true,
+      startLevel: -1,
+      abrEwmaDefaultEstimate: 1500000,
+      manifestLoadingMaxRetry: 2,
+      levelLoadingMaxRetry: 4,
+    });
+    player.hls = hls;
+    hls.on(Hls.Events.MANIFEST_PARSED, () => {
+      fillQualityMenu(hls);
+      video.play().catch((e) => player.errors.push("play: " + e));
+    });
+    hls.on(Hls.Events.LEVEL_SWITCHED, (_e, data) => {
+      player.levelSwitches.push({ level: data.level, at: Date.now() });
+      showAutoChoice(hls);
+    });
+    hls.on(Hls.Events.ERROR, (_e, data) => {
+      player.errors.push(data.type + ":" + data.details + (data.fatal ? " (fatal)" : ""));
+      if (!data.fatal) return;
+      if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
+        hls.recoverMediaError();
+        return;
+      }
+      // manifest not there yet, or the stream went away: wait for it to be live
+      destroy();
+      setState("offline");
+      setTimeout(poll, 2000);
+    });
+    hls.loadSource(src);
+    hls.attachMedia(video);
+  }
+
+  video.addEventListener("playing", () => setState("playing"));
+  video.addEventListener("ended", () => {
+    destroy();
+    setState("offline");
+    setTimeout(poll, 2000);
+  });
+
+  async function poll() {
+    if (player.hls) return;
+    try {
+      const r = await fetch("/api/v1/streams/" + encodeURIComponent(name));
+      if (r.ok) {
+        const s = await r.json();
+        if (s.live) {
+          start();
+          return;
+        }
+      }
+    } catch (e) {
+      player.errors.push("poll: " + e);
+    }
+    setTimeout(poll, 2000);
+  }
+
+  // a stream that goes offline while we watch: hls.js sees EXT-X-ENDLIST and
+  // the video ends; also watch the API so a stall without ENDLIST is noticed
+  setInterval(async () => {
+    if (!player.hls || player.state !== "playing") return;
+    try {
+      const r = await fetch("/api/v1/streams/" + encodeURIComponent(name));
+      if (r.ok && !(await r.json()).live && video.paused) {
+        destroy();
+        setState("offline");
+        setTimeout(poll, 2000);
+      }
+    } catch (e) {
+      player.errors.push("status: " + e);
+    }
+  }, 5000);
+
+  setState("offline");
+  poll();
+})();
