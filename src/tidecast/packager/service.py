@@ -253,7 +253,8 @@ class Packager:
             r.total_seconds += seg.duration
         r.codecs = seg.codecs or r.codecs
         r.width, r.height = seg.width or r.width, seg.height or r.height
-        r.frame_rate = seg.frame_rate or r.frame_rate
+        if seg.frame_rate and (seg.duration >= 0.9 * self.target_duration or not r.frame_rate):
+            r.frame_rate = seg.frame_rate  # a short last segment is a poor estimate
 
     async def _write_master(self, st: StreamState) -> None:
         variants = [r.variant() for r in st.renditions.values() if r.playlist.segments]

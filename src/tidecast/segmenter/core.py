@@ -167,7 +167,7 @@ class Segmenter:
         self._next_audio_dts = dts + spf
         out: list[SourceSegment] = []
         elapsed = dts - self._audio[0].dts if self._audio else 0
-        if not self.expect_video and elapsed >= self.target * 0.9 * cfg.sample_rate:
+        if not self.expect_video and elapsed >= self.target * cfg.sample_rate:
             out.append(self._cut(next_video_dts=None))
         if not self._video and not self._audio:
             self._first_arrival = frame.arrival or self.clock()
