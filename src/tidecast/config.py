@@ -31,6 +31,8 @@ class Settings:
     playlist_window: int = 6  # segments kept in a live media playlist
     reconnect_grace: float = 10.0  # seconds a broadcast waits for its publisher to return
     rtmp_app: str = "live"
+    rtmp_handshake_timeout: float = 10.0  # seconds to finish handshake + connect
+    rtmp_idle_timeout: float = 30.0  # seconds a publisher may send nothing
 
     def __post_init__(self) -> None:
         for name in ("http_port", "rtmp_port"):
@@ -43,6 +45,8 @@ class Settings:
             )
         if not 3 <= self.playlist_window <= 1000:
             raise ConfigError(f"playlist_window must be 3..1000, got {self.playlist_window}")
+        if self.rtmp_handshake_timeout <= 0 or self.rtmp_idle_timeout <= 0:
+            raise ConfigError("RTMP timeouts must be positive")
         if self.reconnect_grace < 0:
             raise ConfigError("reconnect_grace must not be negative")
 
@@ -84,6 +88,8 @@ _ENV_FIELDS: dict[str, type] = {
     "segment_target": float,
     "playlist_window": int,
     "reconnect_grace": float,
+    "rtmp_handshake_timeout": float,
+    "rtmp_idle_timeout": float,
 }
 
 

@@ -78,7 +78,11 @@ class Node:
             target_duration=settings.segment_target, reconnect_grace=settings.reconnect_grace,
         )  # fmt: skip
         self.gate = PublishGate(self.db, self.segmenter)
-        self.rtmp = RTMPServer(self.gate, settings.host, settings.rtmp_port, settings.rtmp_app)
+        self.rtmp = RTMPServer(
+            self.gate, settings.host, settings.rtmp_port, settings.rtmp_app,
+            handshake_timeout=settings.rtmp_handshake_timeout,
+            idle_timeout=settings.rtmp_idle_timeout,
+        )  # fmt: skip
         self.app = create_app(
             AppContext(settings, self.db, self.gate, self.admin_token, time.time())
         )

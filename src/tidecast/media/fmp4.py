@@ -765,12 +765,6 @@ def _rebuild_sidx(data: bytes, sidx: _Sidx, deltas: dict[int, int], events: list
     return _header_bytes("sidx", len(payload), sidx.box.header_size == 16) + payload
 
 
-def _sidx_new_size(sidx: _Sidx, deltas: dict[int, int]) -> int:
-    ept = sidx.earliest_presentation_time + deltas.get(sidx.reference_id, 0)
-    grows = sidx.version == 0 and ept > _U32
-    return sidx.box.size + (8 if grows else 0)
-
-
 def rewrite_base_decode_times(segment: bytes, new_times: dict[int, int]) -> bytes:
     """Return ``segment`` with the ``tfdt`` of the tracks in ``new_times`` replaced.
 
@@ -805,7 +799,8 @@ def rewrite_base_decode_times(segment: bytes, new_times: dict[int, int]) -> byte
                 _Growth(box.start, box.end, len(rebuilt_moofs[box.start].data) - box.size)
             )
         elif box.start in sidxs:
-            new_size = _sidx_new_size(sidxs[box.start], deltas)
+            # Field widths do not depend on the growth events, only on the new version.
+            new_size = len(_rebuild_sidx(segment, sidxs[box.start], deltas, []))
             events.append(_Growth(box.start, box.end, new_size - box.size))
         elif box.type == "mfra":
             events.append(_Growth(box.start, box.end, -box.size))

@@ -16,8 +16,10 @@ The application decides on :class:`ConnectRequest` and :class:`PublishRequest`
 with ``accept_*``/``reject_*``. While a decision is pending, later commands,
 data and media messages are held (bounded by ``Limits.max_pending_*``) and
 processed when the decision is made -- so ``accept_*`` and ``reject_*`` may
-queue further events: drain :meth:`ServerConnection.events` again after
-calling them.
+queue further events (drain :meth:`ServerConnection.events` again after
+calling them) and may raise ``ProtocolError`` for a held message, exactly as
+``receive_data`` would have. Well-behaved publishers (ffmpeg, OBS) wait for
+each reply, so nothing is normally held.
 
 Media timestamps are the RTMP 32-bit millisecond timestamps unwrapped per
 message stream into unbounded ints, so streams may run past 49.7 days.
@@ -349,13 +351,14 @@ class ServerConnection:
                     return
             self._maybe_acknowledge()
         except ProtocolError:
-            self._closed = True
-            self._pending.clear()
-            self._pending_bytes = 0
+            self._fail()
             raise
 
     def accept_connect(self) -> None:
-        """Accept the pending connect: window/bandwidth/chunk size, then `_result`."""
+        """Accept the pending connect: window/bandwidth/chunk size, then `_result`.
+
+        Then processes messages held meanwhile (may queue events, may raise ProtocolError).
+        """
         if self._closed:
             return
         self._require_connect_pending()
@@ -396,12 +399,13 @@ class ServerConnection:
                 "description": description,
             },
         )
-        self._closed = True
-        self._pending.clear()
-        self._pending_bytes = 0
+        self._fail()
 
     def accept_publish(self, stream_id: int) -> None:
-        """Accept the pending publish: StreamBegin + onStatus NetStream.Publish.Start."""
+        """Accept the pending publish: StreamBegin + onStatus NetStream.Publish.Start.
+
+        Then processes messages held meanwhile (may queue events, may raise ProtocolError).
+        """
         if self._closed:
             return
         stream = self._require_publish_pending(stream_id)
@@ -456,10 +460,20 @@ class ServerConnection:
         return self._state is _ConnState.CONNECT_PENDING or self._awaiting_publish is not None
 
     def _run_pending(self) -> None:
-        while self._pending and not self._awaiting_decision() and not self._closed:
-            message = self._pending.popleft()
-            self._pending_bytes -= len(message.payload)
-            self._handle(message)
+        """Process messages held during the decision, up to the next decision point."""
+        try:
+            while self._pending and not self._awaiting_decision() and not self._closed:
+                message = self._pending.popleft()
+                self._pending_bytes -= len(message.payload)
+                self._handle(message)
+        except ProtocolError:
+            self._fail()
+            raise
+
+    def _fail(self) -> None:
+        self._closed = True
+        self._pending.clear()
+        self._pending_bytes = 0
 
     # ------------------------------------------------------------------- sending
 
@@ -489,9 +503,7 @@ class ServerConnection:
     # ------------------------------------------------------------------ receiving
 
     def _on_eof(self) -> None:
-        self._closed = True
-        self._pending.clear()
-        self._pending_bytes = 0
+        self._fail()
         for stream in self._streams.values():
             if stream.state is _StreamState.PUBLISHING:
                 stream.state = _StreamState.IDLE

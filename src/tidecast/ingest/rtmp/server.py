@@ -150,38 +150,43 @@ class Connection:
             await self.writer.drain()
 
     async def _handle_events(self) -> None:
-        for ev in self.conn.events():
-            if isinstance(ev, rtmp.VideoFrame):
-                s = self.sessions.get(ev.stream_id)
-                if s:
-                    s.sink.frame(MediaFrame(TrackKind.VIDEO, ev.dts, ev.pts, ev.data, ev.keyframe,
-                                            time.time()))  # fmt: skip
-            elif isinstance(ev, rtmp.AudioFrame):
-                s = self.sessions.get(ev.stream_id)
-                if s:
-                    s.sink.frame(MediaFrame(TrackKind.AUDIO, ev.timestamp, ev.timestamp, ev.data,
-                                            True, time.time()))  # fmt: skip
-            elif isinstance(ev, rtmp.ConnectRequest):
-                await self._on_connect(ev)
-            elif isinstance(ev, rtmp.PublishRequest):
-                await self._on_publish(ev)
-            elif isinstance(ev, rtmp.VideoSequenceHeader):
-                await self._on_config(ev.stream_id, TrackKind.VIDEO, ev.avcc)
-            elif isinstance(ev, rtmp.AudioSequenceHeader):
-                await self._on_config(ev.stream_id, TrackKind.AUDIO, ev.asc)
-            elif isinstance(ev, rtmp.MetaData):
-                s = self.sessions.get(ev.stream_id)
-                if s:
-                    s.metadata = dict(ev.data)
-                    s.sink.metadata(s.metadata)
-            elif isinstance(ev, rtmp.UnpublishRequest):
-                s = self.sessions.pop(ev.stream_id, None)
-                if s:
-                    await self.server.gate.close(s, "unpublished")
-            elif isinstance(ev, rtmp.MediaRejected):
-                log.warning("%s: %s", self.remote, ev.description)
-                await self._flush()
-                raise CloseConnection(ev.description)
+        # deciding on a connect/publish may release held events: drain until empty
+        while events := self.conn.events():
+            for ev in events:
+                await self._handle(ev)
+
+    async def _handle(self, ev: rtmp.Event) -> None:
+        if isinstance(ev, rtmp.VideoFrame):
+            s = self.sessions.get(ev.stream_id)
+            if s:
+                s.sink.frame(MediaFrame(TrackKind.VIDEO, ev.dts, ev.pts, ev.data, ev.keyframe,
+                                        time.time()))  # fmt: skip
+        elif isinstance(ev, rtmp.AudioFrame):
+            s = self.sessions.get(ev.stream_id)
+            if s:
+                s.sink.frame(MediaFrame(TrackKind.AUDIO, ev.timestamp, ev.timestamp, ev.data,
+                                        True, time.time()))  # fmt: skip
+        elif isinstance(ev, rtmp.ConnectRequest):
+            await self._on_connect(ev)
+        elif isinstance(ev, rtmp.PublishRequest):
+            await self._on_publish(ev)
+        elif isinstance(ev, rtmp.VideoSequenceHeader):
+            await self._on_config(ev.stream_id, TrackKind.VIDEO, ev.avcc)
+        elif isinstance(ev, rtmp.AudioSequenceHeader):
+            await self._on_config(ev.stream_id, TrackKind.AUDIO, ev.asc)
+        elif isinstance(ev, rtmp.MetaData):
+            s = self.sessions.get(ev.stream_id)
+            if s:
+                s.metadata = dict(ev.data)
+                s.sink.metadata(s.metadata)
+        elif isinstance(ev, rtmp.UnpublishRequest):
+            s = self.sessions.pop(ev.stream_id, None)
+            if s:
+                await self.server.gate.close(s, "unpublished")
+        elif isinstance(ev, rtmp.MediaRejected):
+            log.warning("%s: %s", self.remote, ev.description)
+            await self._flush()
+            raise CloseConnection(ev.description)
 
     async def _on_connect(self, ev: rtmp.ConnectRequest) -> None:
         app = ev.app.strip("/")
