@@ -229,3 +229,26 @@ async def run(args: Sequence[str], timeout: float, name: str = "ffmpeg") -> None
     if rc != 0:
         tail = "\n".join(proc.stderr_tail[-10:])
         raise FFmpegError(f"{name} exited with {rc}:\n{tail}")
+
+
+def publish_tee_args(p: TestPattern, urls: Sequence[str], exe: str = "ffmpeg") -> list[str]:
+    """One encode published to several RTMP URLs at once (ffmpeg's tee muxer)."""
+    targets = "|".join(f"[f=flv:onfail=abort]{u}" for u in urls)
+    return [
+        exe, "-hide_banner", "-nostdin", "-loglevel", "warning",
+        *test_pattern_input_args(p),
+        *h264_aac_output_args(p),
+        "-map", "0:v", "-map", "1:a", "-flags", "+global_header",
+        "-f", "tee", targets,
+    ]  # fmt: skip
+
+
+def hls_baseline_server_args(listen_url: str, playlist: str, target: float, exe: str = "ffmpeg") -> list[str]:
+    """ffmpeg as RTMP server remuxing to its own fMP4 HLS: the latency baseline."""
+    return [
+        exe, "-hide_banner", "-nostdin", "-loglevel", "warning",
+        "-listen", "1", "-i", listen_url,
+        "-c", "copy", "-f", "hls", "-hls_time", f"{target:g}", "-hls_list_size", "10",
+        "-hls_segment_type", "fmp4", "-hls_flags", "independent_segments+temp_file",
+        playlist,
+    ]  # fmt: skip

@@ -268,8 +268,9 @@ def test_init_segment_structure(source: Source, muxed: Muxed) -> None:
     ]  # fmt: skip
     assert read_track_timescales(init) == {VIDEO_ID: VIDEO_TS, AUDIO_ID: AUDIO_TS}
     assert read_trex_default_durations(init) == {VIDEO_ID: 0, AUDIO_ID: 0}
-    avcc = find(init, "moov", "trak", "mdia", "minf", "stbl", "stsd")[0]
-    entry = children(init, Box("stsd", avcc.start, avcc.size, avcc.header_size + 8))
+    stsd = find(init, "moov", "trak", "mdia", "minf", "stbl", "stsd")[0]
+    # stsd payload: version/flags + entry_count, then the sample entries.
+    entry = list(iter_boxes(init, stsd.payload_start + 8, stsd.end))
     assert entry[0].type == "avc1"
     width, height = struct.unpack_from(">HH", init, entry[0].payload_start + 24)
     assert (width, height) == (640, 360)

@@ -27,7 +27,7 @@ FUZZ = settings(
 
 # Small limits make the limits themselves reachable by generated input.
 SMALL = Limits(
-    max_chunk_size=512,
+    max_chunk_size=4096,  # the prefix sets 4096, like ffmpeg
     max_message_size=2048,
     max_chunk_streams=8,
     max_message_streams=4,
@@ -48,12 +48,19 @@ def cap(limits: Limits) -> int:
     return 1536 + (3 + 11 + 4) + limits.max_message_size + limits.max_pending_bytes
 
 
-PREFIX = Client().publish_prefix("key") + b"".join(
-    [
-        Client().video(1, 0, avc_sequence_header(AVCC)),
-        Client().audio(1, 0, aac_sequence_header(ASC)),
-    ]
-)
+
+def _prefix() -> bytes:
+    client = Client()
+    return b"".join(
+        [
+            client.publish_prefix("key"),
+            client.video(1, 0, avc_sequence_header(AVCC)),
+            client.audio(1, 0, aac_sequence_header(ASC)),
+        ]
+    )
+
+
+PREFIX = _prefix()
 
 
 def cut(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -144,28 +151,59 @@ commands = st.builds(
     st.lists(amf_values, max_size=4),
 )
 
-payloads = st.one_of(
-    commands,
-    st.builds(lambda v: amf0.encode("@setDataFrame", "onMetaData", v), amf_values),
-    st.builds(lambda b, d: bytes([b]) + d, st.sampled_from([0x17, 0x27, 0x1C, 0x90, 0x57]),
-              st.binary(max_size=40)),  # fmt: skip
-    st.builds(lambda b, d: bytes([b]) + d, st.sampled_from([0xAF, 0x2F, 0x90]), st.binary(max_size=20)),
-    st.binary(max_size=300),
+video_payloads = st.builds(  # H.264 tags, valid or not; other codecs
+    lambda first, kind, cts, data: bytes([first, kind]) + cts.to_bytes(3, "big") + data,
+    st.sampled_from([0x17, 0x27, 0x27, 0x37, 0x1C, 0x90, 0x57, 0x07]),
+    st.sampled_from([0, 1, 1, 1, 2, 3]),
+    st.integers(0, 0xFFFFFF),
+    st.binary(max_size=40),
 )
+audio_payloads = st.builds(  # AAC tags, valid or not; MP3, enhanced audio
+    lambda first, kind, data: bytes([first, kind]) + data,
+    st.sampled_from([0xAF, 0xAF, 0xAE, 0x2F, 0x90]),
+    st.sampled_from([0, 1, 1, 2]),
+    st.binary(max_size=20),
+)
+metadata_payloads = st.builds(
+    lambda prefix, v: amf0.encode(*prefix, v),
+    st.sampled_from([("@setDataFrame", "onMetaData"), ("onMetaData",), ("onCuePoint",)]),
+    amf_values,
+)
+amf3 = st.builds(lambda p: b"\x00" + p, commands | metadata_payloads)
 
-messages = st.tuples(
-    st.sampled_from([2, 3, 4, 5, 6, 8, 64, 320]),  # csid
-    st.sampled_from([1, 2, 3, 4, 5, 6, 8, 9, 15, 17, 18, 19, 20, 22, 99]),  # type
-    st.integers(0, 3),  # message stream id
-    st.integers(0, 0xFFFFFFFF),  # timestamp
-    payloads,
+
+def typed(types: list[int], payload: st.SearchStrategy[bytes]) -> st.SearchStrategy[Any]:
+    return st.tuples(
+        st.sampled_from([3, 4, 5, 6, 8, 64, 320]),  # csid
+        st.sampled_from(types),
+        st.sampled_from([1, 1, 1, 0, 2, 3]),  # message stream id
+        st.integers(0, 0xFFFFFFFF) | st.integers(0, 100_000),  # timestamp
+        payload,
+    )
+
+
+messages = st.one_of(
+    typed([9], video_payloads),
+    typed([8], audio_payloads),
+    typed([9, 8], video_payloads),
+    typed([20], commands),
+    typed([18], metadata_payloads),
+    typed([17, 15], amf3),
+    typed([3, 4, 5, 6, 19, 22, 99], st.binary(max_size=300)),
+    st.tuples(  # chunk size changes and aborts, well-formed or not
+        st.just(2),
+        st.sampled_from([1, 2]),
+        st.just(0),
+        st.just(0),
+        st.integers(0, 1000).map(lambda n: n.to_bytes(4, "big")) | st.binary(max_size=6),
+    ),
 )
 
 
 @FUZZ
 @given(
     msgs=st.lists(messages, max_size=12),
-    chunk_size=st.integers(1, 600),
+    chunk_size=st.integers(1, 512),
     cuts=cuts_strategy,
     limits=st.sampled_from(LIMITS),
 )
