@@ -84,6 +84,7 @@ def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None)
         "TIDECAST_RTMP_PORT": str(rtmp_port),
         "TIDECAST_DATA_DIR": str(data_dir),
         "PYTHONUNBUFFERED": "1",
+        "TIDECAST_LADDER": "none",  # passthrough unless a test asks for the ladder
         **(env or {}),
     }
     with log_path.open("wb") as logf:

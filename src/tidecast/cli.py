@@ -24,6 +24,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         segment_target=getattr(args, "segment_target", None),
         playlist_window=getattr(args, "playlist_window", None),
         reconnect_grace=getattr(args, "reconnect_grace", None),
+        ladder=getattr(args, "ladder", None),
+        source_rendition=getattr(args, "source_rendition", None),
+        workers=getattr(args, "workers", None),
+        x264_preset=getattr(args, "preset", None),
     )
 
 
@@ -51,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--segment-target", type=float, help="segment duration target, seconds (default 2)")
     serve.add_argument("--playlist-window", type=int, help="segments in a live playlist (default 6)")
     serve.add_argument("--reconnect-grace", type=float, help="seconds to wait for a publisher to return")
+    serve.add_argument("--ladder", help='ABR ladder: "default", "none" (source only) or "1080:6000,720:3500,240:400"')
+    serve.add_argument("--source-rendition", action="store_true", default=None,
+                       help="also offer the untouched source rendition")  # fmt: skip
+    serve.add_argument("--workers", type=int, help="transcode worker processes (default: one per core)")
+    serve.add_argument("--preset", help="x264 preset for the ladder (default veryfast)")
 
     streams = sub.add_parser("streams", help="manage streams and stream keys")
     ssub = streams.add_subparsers(dest="streams_command", required=True)

@@ -7,11 +7,14 @@ Nothing reads the environment after start-up; every component gets the
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tidecast.transcode.ladder import DEFAULT_LADDER, LadderError, Rung, parse_ladder
+
 ENV_PREFIX = "TIDECAST_"
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
 class ConfigError(ValueError):
@@ -31,6 +34,11 @@ class Settings:
     playlist_window: int = 6  # segments kept in a live media playlist
     reconnect_grace: float = 10.0  # seconds a broadcast waits for its publisher to return
     rtmp_app: str = "live"
+    ladder: str = "default"  # "default", "none" (source only) or "1080:6000,720:3500,..."
+    source_rendition: bool = False  # also list the untouched source next to the ladder
+    workers: int = 0  # transcode worker processes; 0 = one per core
+    x264_preset: str = "veryfast"
+    transcode_attempts: int = 3  # then the job is dead-lettered and the segment is a gap
     rtmp_handshake_timeout: float = 10.0  # seconds to finish handshake + connect
     rtmp_idle_timeout: float = 30.0  # seconds a publisher may send nothing
 
@@ -45,10 +53,25 @@ class Settings:
             )
         if not 3 <= self.playlist_window <= 1000:
             raise ConfigError(f"playlist_window must be 3..1000, got {self.playlist_window}")
+        if self.x264_preset not in X264_PRESETS:
+            raise ConfigError(f"x264_preset must be one of {', '.join(X264_PRESETS)}")
+        if not 0 <= self.workers <= 256 or not 1 <= self.transcode_attempts <= 20:
+            raise ConfigError("workers must be 0..256 and transcode_attempts 1..20")
+        self.rungs()  # validates the ladder
         if self.rtmp_handshake_timeout <= 0 or self.rtmp_idle_timeout <= 0:
             raise ConfigError("RTMP timeouts must be positive")
         if self.reconnect_grace < 0:
             raise ConfigError("reconnect_grace must not be negative")
+
+    def rungs(self) -> tuple[Rung, ...]:
+        if self.ladder in ("none", ""):
+            return ()
+        if self.ladder == "default":
+            return DEFAULT_LADDER
+        try:
+            return parse_ladder(self.ladder)
+        except LadderError as exc:
+            raise ConfigError(str(exc)) from exc
 
     @property
     def media_dir(self) -> Path:
@@ -79,7 +102,7 @@ class Settings:
         return replace(self, **clean)  # type: ignore[arg-type]
 
 
-_ENV_FIELDS: dict[str, type] = {
+_ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "host": str,
     "http_port": int,
     "rtmp_port": int,
@@ -89,6 +112,11 @@ _ENV_FIELDS: dict[str, type] = {
     "playlist_window": int,
     "reconnect_grace": float,
     "rtmp_handshake_timeout": float,
+    "ladder": str,
+    "source_rendition": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "workers": int,
+    "x264_preset": str,
+    "transcode_attempts": int,
     "rtmp_idle_timeout": float,
 }
 

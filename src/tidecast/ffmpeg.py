@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -135,7 +136,7 @@ def publish_test_pattern_args(p: TestPattern, url: str, exe: str = "ffmpeg") -> 
 
 def render_test_pattern_args(p: TestPattern, path: str, exe: str = "ffmpeg") -> list[str]:
     """ffmpeg rendering a test pattern to a file (FLV/MP4 by extension), as fast as it can."""
-    fast = TestPattern(**{**_fields(p), "realtime": False})
+    fast = dataclasses.replace(p, realtime=False)
     return [
         exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
         *test_pattern_input_args(fast),
@@ -150,10 +151,6 @@ def publish_file_args(path: str, url: str, exe: str = "ffmpeg", realtime: bool =
     if realtime:
         args += ["-re"]
     return [*args, "-i", path, "-c", "copy", "-f", "flv", url]
-
-
-def _fields(p: TestPattern) -> dict[str, object]:
-    return {name: getattr(p, name) for name in p.__dataclass_fields__}
 
 
 # ---------------------------------------------------------------- running
@@ -252,3 +249,85 @@ def hls_baseline_server_args(listen_url: str, playlist: str, target: float, exe:
         "-hls_segment_type", "fmp4", "-hls_flags", "independent_segments+temp_file",
         playlist,
     ]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RungOutput:
+    """One rendition of a transcode: size, x264 settings and where ffmpeg writes it."""
+
+    width: int
+    height: int
+    video_kbps: int
+    profile: str
+    path: str
+
+
+def transcode_segment_args(
+    source: str, outputs: Sequence[RungOutput], preset: str, *, audio: bool, exe: str = "ffmpeg",
+    threads: int = 0,
+) -> list[str]:  # fmt: skip
+    """ONE ffmpeg per source segment: decode once, scale and encode every rung.
+
+    Each output is a fragmented MP4 with a single fragment: one IDR on the first
+    frame (the source segment starts at a keyframe, so every rendition's segment
+    N starts at the same instant), constant bitrate with filler (x264 nal-hrd
+    cbr), source frame timing kept (passthrough), audio copied from the source
+    (identical in every rendition, so A/V sync and audio continuity follow the
+    source). Timestamps are re-stamped afterwards by the project (ffmpeg's mp4
+    muxer re-bases them to 0), hence no edit lists.
+    """
+    n = len(outputs)
+    chains = [f"[0:v]split={n}" + "".join(f"[s{i}]" for i in range(n))] if n > 1 else []
+    for i, o in enumerate(outputs):
+        src = f"[s{i}]" if n > 1 else "[0:v]"
+        chains.append(f"{src}scale={o.width}:{o.height}:flags=bicubic,format=yuv420p[v{i}]")
+    args = [
+        exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-i", source, "-filter_complex", ";".join(chains),
+    ]  # fmt: skip
+    for i, o in enumerate(outputs):
+        k = o.video_kbps
+        args += ["-map", f"[v{i}]"]
+        if audio:
+            args += ["-map", "0:a:0", "-c:a", "copy"]
+        args += [
+            "-c:v", "libx264", "-preset", preset, "-profile:v", o.profile,
+            "-b:v", f"{k}k", "-minrate", f"{k}k", "-maxrate", f"{k}k", "-bufsize", f"{k}k",
+            "-x264-params", "nal-hrd=cbr",
+            "-force_key_frames", "expr:eq(n,0)", "-g", "100000", "-sc_threshold", "0",
+            "-fps_mode", "passthrough",
+        ]  # fmt: skip
+        if threads:
+            args += ["-threads", str(threads)]
+        args += [
+            "-f", "mp4", "-movflags", "+frag_keyframe+empty_moov+default_base_moof+skip_trailer",
+            "-use_editlist", "0", "-video_track_timescale", "90000",
+            o.path,
+        ]  # fmt: skip
+    return args
+
+
+def transcode_continuous_args(
+    source: str, outputs: Sequence[RungOutput], preset: str, gop_frames: int, exe: str = "ffmpeg"
+) -> list[str]:
+    """The benchmark baseline: one continuous ffmpeg encoding the same ladder."""
+    n = len(outputs)
+    chains = [f"[0:v]split={n}" + "".join(f"[s{i}]" for i in range(n))] if n > 1 else []
+    for i, o in enumerate(outputs):
+        src = f"[s{i}]" if n > 1 else "[0:v]"
+        chains.append(f"{src}scale={o.width}:{o.height}:flags=bicubic,format=yuv420p[v{i}]")
+    args = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", source,
+            "-filter_complex", ";".join(chains)]  # fmt: skip
+    for i, o in enumerate(outputs):
+        k = o.video_kbps
+        args += [
+            "-map", f"[v{i}]", "-map", "0:a:0", "-c:a", "copy",
+            "-c:v", "libx264", "-preset", preset, "-profile:v", o.profile,
+            "-b:v", f"{k}k", "-minrate", f"{k}k", "-maxrate", f"{k}k", "-bufsize", f"{k}k",
+            "-x264-params", "nal-hrd=cbr",
+            "-g", str(gop_frames), "-keyint_min", str(gop_frames), "-sc_threshold", "0",
+            "-fps_mode", "passthrough",
+            "-f", "mp4", "-movflags", "+frag_keyframe+empty_moov+default_base_moof",
+            o.path,
+        ]  # fmt: skip
+    return args

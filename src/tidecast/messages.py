@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from typing import ClassVar, TypeVar, dataclass_transform
 
 
 class MessageError(ValueError):
@@ -26,6 +26,7 @@ class Message:
     kind: ClassVar[str] = ""
 
 
+@dataclass_transform(frozen_default=True)
 def message(cls: type[M]) -> type[M]:
     """Class decorator: a frozen dataclass registered under its ``kind``."""
     out = dataclass(frozen=True, slots=True)(cls)
@@ -48,6 +49,8 @@ def decode(data: bytes) -> Message:
             if f.name in body:
                 value = body[f.name]
                 kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+                if f.name == "timings" or f.name == "job":
+                    kwargs[f.name] = value
         return cls(**kwargs)
     except (ValueError, KeyError, TypeError) as exc:
         raise MessageError(f"undecodable bus message: {exc}") from exc
@@ -99,3 +102,38 @@ class SegmentReady(Message):
     completed_at: float = 0.0  # wall clock when the segment's last frame was in
     stored_at: float = 0.0  # wall clock when the objects were stored
     timings: dict[str, float] = field(default_factory=dict)
+    renditions: tuple[str, ...] = ()  # every rendition made from the same source segment
+    gap: bool = False  # could not be produced: list it as EXT-X-GAP
+
+
+@message
+class TranscodeJob(Message):
+    """Encode one stored source segment into every rung of the ladder that fits it."""
+
+    kind: ClassVar[str] = "transcode.job"
+    stream: str
+    broadcast: str
+    sequence: int
+    start: float
+    duration: float
+    source_init_key: str
+    source_segment_key: str
+    width: int
+    height: int
+    frame_rate: float
+    audio_codec: str  # "" when the source has no audio
+    ladder: tuple[dict[str, object], ...]  # Rung.to_dict() of every configured rung
+    preset: str = "veryfast"
+    first_frame_arrival: float = 0.0
+    stored_at: float = 0.0
+
+
+@message
+class JobFailed(Message):
+    """A job that failed ``attempts`` times and went to the dead-letter queue."""
+
+    kind: ClassVar[str] = "transcode.failed"
+    job: dict[str, object]
+    attempts: int
+    error: str
+    failed_at: float

@@ -15,6 +15,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from tidecast.origin.app import AppContext, create_app
 from tidecast.packager.service import Packager
 from tidecast.segmenter.service import SegmenterService
 from tidecast.store.local import LocalStore
+from tidecast.transcode.coordinator import TranscodeCoordinator
 
 log = logging.getLogger("tidecast.node")
 
@@ -72,10 +74,19 @@ class Node:
         self.first_run = FirstRun(self.admin_token if new_token else None, default)
         self.store = LocalStore(settings.media_dir)
         self.bus = MemoryBus()
-        self.segmenter = SegmenterService(self.store, self.bus, settings.segment_target)
+        rungs = settings.rungs()
+        self.segmenter = SegmenterService(
+            self.store, self.bus, settings.segment_target, rungs, settings.x264_preset
+        )
         self.packager = Packager(
             self.store, self.bus, window=settings.playlist_window,
             target_duration=settings.segment_target, reconnect_grace=settings.reconnect_grace,
+            include_source=settings.source_rendition or not rungs,
+        )  # fmt: skip
+        self.transcoder = (
+            TranscodeCoordinator(self.bus, self.store.root, workers=settings.workers,
+                                 max_attempts=settings.transcode_attempts)
+            if rungs else None
         )  # fmt: skip
         self.gate = PublishGate(self.db, self.segmenter)
         self.rtmp = RTMPServer(
@@ -84,7 +95,7 @@ class Node:
             idle_timeout=settings.rtmp_idle_timeout,
         )  # fmt: skip
         self.app = create_app(
-            AppContext(settings, self.db, self.gate, self.admin_token, time.time())
+            AppContext(settings, self.db, self.gate, self.admin_token, time.time(), self.transcoder)
         )
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -95,14 +106,15 @@ class Node:
         if closed:
             log.info("marked %d broadcasts left open by an earlier run as ended", closed)
         await self.packager.start()
+        if self.transcoder is not None:
+            await self.transcoder.start()
         sock = _bind(self.settings.host, self.settings.http_port)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off",
             timeout_graceful_shutdown=2,
         )  # fmt: skip
-        self._http = uvicorn.Server(config)
-        self._http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http = _EmbeddedHTTPServer(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="http")
         while not self._http.started:
             if self._http_task.done():
@@ -117,6 +129,8 @@ class Node:
         await self.rtmp.aclose()  # closes publishers: gate finishes their broadcasts
         await self.gate.aclose()
         await self.segmenter.aclose()
+        if self.transcoder is not None:
+            await self.transcoder.aclose()  # finishes queued jobs, stops the workers
         await self.packager.aclose()  # handles what is still queued, then stops
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
@@ -124,6 +138,14 @@ class Node:
                 await self._http_task
         await self.bus.aclose()
         self.db.close()
+
+
+class _EmbeddedHTTPServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the node owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _bind(host: str, port: int) -> socket.socket:

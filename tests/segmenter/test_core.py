@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tidecast.media.frames import AudioConfig, MediaFrame, TrackKind, VideoConfig
-from tidecast.segmenter.core import MS, VIDEO_TIMESCALE, Segmenter, SourceSegment
+from tidecast.segmenter.core import MS, TIMELINE_OFFSET_S, VIDEO_TIMESCALE, Segmenter, SourceSegment
 
 V = VideoConfig(b"\x01avcc", 1280, 720, "avc1.64001f")
 V2 = VideoConfig(b"\x01avcc2", 1920, 1080, "avc1.640028")
@@ -68,8 +68,9 @@ def test_video_before_first_keyframe_is_dropped_and_timestamps_kept() -> None:
     seg.push(MediaFrame(TrackKind.VIDEO, 10_000, 10_000, b"p", False))
     out = feed(seg, 4.1, start_ms=10_033) + seg.flush()
     assert seg.dropped_frames >= 1
-    assert out[0].video[0].dts == 10_033 * MS  # source timestamps, not re-based
-    assert out[0].start == 10_033 * MS / VIDEO_TIMESCALE
+    # source timestamps (plus the fixed timeline offset), not re-based
+    assert out[0].video[0].dts == 10_033 * MS + TIMELINE_OFFSET_S * VIDEO_TIMESCALE
+    assert out[0].start == 10.033 + TIMELINE_OFFSET_S
 
 
 def test_config_change_starts_a_new_generation() -> None:
@@ -102,4 +103,4 @@ def test_audio_gap_resynchronises() -> None:
         seg.push(MediaFrame(TrackKind.AUDIO, ts, ts, b"a", True))
     seg.push(MediaFrame(TrackKind.AUDIO, 5000, 5000, b"a", True))  # 5 s later: a real gap
     out = seg.flush()
-    assert out[0].audio[-1].dts == 5000 * 48
+    assert out[0].audio[-1].dts == (5000 + TIMELINE_OFFSET_S * 1000) * 48

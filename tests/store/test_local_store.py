@@ -20,7 +20,9 @@ async def test_put_get_list_delete(tmp_path: Path) -> None:
     with pytest.raises(ObjectNotFound):
         await store.get("hls/main/source.m3u8")
     # no temporary files are left behind
-    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+    assert not await store.list("hls/main/.tmp")  # no temporary files are listed
+    leftovers = [p for p in sorted(tmp_path.rglob("*")) if p.name.startswith(".tmp-")]  # noqa: ASYNC240
+    assert not leftovers
 
 
 @pytest.mark.parametrize(

@@ -99,7 +99,11 @@ async def run(segments: int, size: str, fps: int, target: float) -> int:
         node = Node(settings)
         await node.start()
         arrivals: dict[str, SegmentReady] = {}
-        node.packager.hooks.append(lambda msg, _now: arrivals.setdefault(msg.segment_key, msg))
+
+        def record(msg: SegmentReady, _listed: float) -> None:
+            arrivals.setdefault(msg.segment_key, msg)
+
+        node.packager.hooks.append(record)
         key = node.db.create_stream("bench").key
         base_dir = tmpdir / "baseline"
         base_dir.mkdir()

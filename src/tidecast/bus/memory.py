@@ -17,7 +17,6 @@ from tidecast.messages import Message, decode, encode
 
 log = logging.getLogger("tidecast.bus")
 
-_CLOSE = object()
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -35,7 +34,7 @@ class MemorySubscription:
         self.bus = bus
         self.pattern = pattern
         self.group = group
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[str, bytes, int] | None] = asyncio.Queue()
         self.closed = False
 
     def pending(self) -> int:
@@ -44,12 +43,12 @@ class MemorySubscription:
     def deliver(self, subject: str, data: bytes, attempt: int = 1) -> None:
         self.queue.put_nowait((subject, data, attempt))
 
-    async def __aiter__(self) -> AsyncIterator[Delivery]:  # type: ignore[override]
+    async def __aiter__(self) -> AsyncIterator[Delivery]:
         while True:
             item = await self.queue.get()
-            if item is _CLOSE:
+            if item is None:  # closed
                 return
-            subject, data, attempt = item  # type: ignore[misc]
+            subject, data, attempt = item
             yield self._delivery(subject, data, attempt)
 
     def _delivery(self, subject: str, data: bytes, attempt: int) -> Delivery:
@@ -66,7 +65,7 @@ class MemorySubscription:
         if not self.closed:
             self.closed = True
             self.bus._remove(self)
-            self.queue.put_nowait(_CLOSE)
+            self.queue.put_nowait(None)
 
 
 class MemoryBus:

@@ -438,6 +438,7 @@ class _Trun:
     data_offset: int | None
     data_offset_pos: int | None
     durations: list[int] | None  # None when the trun carries no per-sample durations
+    first_cts: int | None = None  # composition offset of the first sample, if carried
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +477,7 @@ def _parse_tfhd(data: bytes, box: Box) -> _Tfhd:
 
 
 def _parse_trun(data: bytes, box: Box) -> _Trun:
-    _, flags = _full_header(data, box)  # version only changes the sign of cts offsets
+    version, flags = _full_header(data, box)  # version only changes the sign of cts offsets
     pos = box.payload_start + 4
     (count,) = _unpack(">I", data, pos, box)
     pos += 4
@@ -497,7 +498,11 @@ def _parse_trun(data: bytes, box: Box) -> _Trun:
     durations: list[int] | None = None
     if flags & _TRUN_DURATION:
         durations = [struct.unpack_from(">I", data, pos + i * entry)[0] for i in range(count)]
-    return _Trun(box, count, offset, offset_pos, durations)
+    first_cts: int | None = None
+    if flags & _TRUN_CTS and count:
+        fmt = ">i" if version else ">I"
+        (first_cts,) = struct.unpack_from(fmt, data, pos + 4 * fields.index(_TRUN_CTS))
+    return _Trun(box, count, offset, offset_pos, durations, first_cts)
 
 
 def _parse_traf(data: bytes, box: Box) -> _Traf:
@@ -555,6 +560,16 @@ def read_base_decode_times(segment: bytes) -> dict[int, int]:
     earliest fragment of each track (in file order) is reported.
     """
     return _first_decode_times(_moofs(segment))
+
+
+def read_first_composition_offsets(segment: bytes) -> dict[int, int]:
+    """Map each track id to the composition offset of its first sample (0 if not carried)."""
+    out: dict[int, int] = {}
+    for _, trafs in _moofs(segment):
+        for traf in trafs:
+            if traf.tfhd.track_id not in out and traf.truns:
+                out[traf.tfhd.track_id] = traf.truns[0].first_cts or 0
+    return out
 
 
 def read_track_timescales(init: bytes) -> dict[int, int]:

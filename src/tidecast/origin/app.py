@@ -23,6 +23,7 @@ from tidecast.config import Settings
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
 from tidecast.ingest.sessions import PublishGate
 from tidecast.origin import files
+from tidecast.transcode.coordinator import TranscodeCoordinator
 
 log = logging.getLogger("tidecast.origin")
 
@@ -50,6 +51,7 @@ class AppContext:
     gate: PublishGate
     admin_token: str
     started_at: float
+    transcoder: TranscodeCoordinator | None = None
 
 
 # ---------------------------------------------------------------- API models
@@ -118,6 +120,13 @@ def create_app(ctx: AppContext) -> FastAPI:
             status="ok", version=__version__, uptime_s=round(time.time() - ctx.started_at, 3),
             live_streams=len(ctx.gate.live),
         )  # fmt: skip
+
+    @api.get("/transcode")
+    async def transcode_status() -> dict[str, object]:
+        """Worker pool: pids, current jobs, done/failed/dead-lettered counters."""
+        if ctx.transcoder is None:
+            return {"enabled": False}
+        return {"enabled": True, **ctx.transcoder.snapshot()}
 
     @api.get("/streams", response_model=list[StreamOut])
     async def list_streams(live: bool | None = None) -> list[StreamOut]:

@@ -79,6 +79,7 @@ class StreamState:
     end_timer: asyncio.TimerHandle | None = None
     ended: bool = False
     master_text: str = ""
+    expected: set[str] = field(default_factory=set)  # renditions the current broadcast makes
 
 
 PublishedHook = Callable[[SegmentReady, float], None]
@@ -87,8 +88,9 @@ PublishedHook = Callable[[SegmentReady, float], None]
 class Packager:
     def __init__(
         self, store: Store, bus: Bus, *, window: int, target_duration: float,
-        reconnect_grace: float,
+        reconnect_grace: float, include_source: bool = True,
     ) -> None:  # fmt: skip
+        self.include_source = include_source
         self.store = store
         self.bus = bus
         self.window = window
@@ -168,6 +170,7 @@ class Packager:
         had_segments = any(r.playlist.segments for r in st.renditions.values())
         st.current = msg.broadcast
         st.ended = False
+        st.expected = set()
         for r in st.renditions.values():
             r.discontinuity_next = had_segments
         log.info("%s: broadcast %s started", msg.stream, msg.broadcast)
@@ -197,7 +200,11 @@ class Packager:
         log.info("%s: playlists ended", st.name)
 
     async def _on_segment(self, msg: SegmentReady) -> None:
+        if msg.rendition == "source" and not self.include_source:
+            return  # transcoded renditions are listed instead
         st = self._stream(msg.stream)
+        if msg.broadcast == st.current or st.current is None:
+            st.expected |= set(msg.renditions or (msg.rendition,))
         timeline = st.broadcasts.get(msg.broadcast)
         if timeline is None:  # segment before its BroadcastStarted: treat as started
             self._on_started(BroadcastStarted(msg.stream, msg.broadcast, msg.first_frame_arrival))
@@ -232,20 +239,25 @@ class Packager:
             tl.pdt_anchor = seg.first_frame_arrival - seg.start
         msn = tl.msn_base + seg.sequence
         base = f"hls/{st.name}/"
-        init_uri = posixpath.relpath(seg.init_key, base)
-        discontinuity = r.discontinuity_next or (bool(r.last_init) and init_uri != r.last_init)
+        init_uri = posixpath.relpath(seg.init_key, base) if seg.init_key else r.last_init
         if msn < r.playlist.next_msn:  # duplicate delivery of a segment already listed
             return
+        if not init_uri:  # a gap before this rendition ever had an init segment
+            log.warning("%s/%s: gap at the start, segment %d not listed", st.name, r.name, msn)
+            return
+        discontinuity = r.discontinuity_next or (bool(r.last_init) and init_uri != r.last_init)
         r.playlist.append(
             PlaylistSegment(
                 msn=msn, uri=posixpath.relpath(seg.segment_key, base), duration=seg.duration,
                 init_uri=init_uri, program_date_time=tl.pdt_anchor + seg.start,
-                discontinuity=discontinuity,
+                discontinuity=discontinuity, gap=seg.gap,
             )
         )  # fmt: skip
         r.discontinuity_next = False
         r.last_init = init_uri
         st.next_msn = max(st.next_msn, msn + 1)
+        if seg.gap:
+            return
         if seg.duration > 0:
             bits = seg.size * 8
             r.peak_bps = max(r.peak_bps, int(bits / seg.duration))
@@ -257,7 +269,10 @@ class Packager:
             r.frame_rate = seg.frame_rate  # a short last segment is a poor estimate
 
     async def _write_master(self, st: StreamState) -> None:
-        variants = [r.variant() for r in st.renditions.values() if r.playlist.segments]
+        ready = {n for n, r in st.renditions.items() if r.playlist.segments and r.codecs}
+        if st.expected - ready:
+            return  # list every rendition at once, or players miss the late ones
+        variants = [st.renditions[n].variant() for n in sorted(ready & st.expected or ready)]
         text = render_multivariant(variants)
         if text != st.master_text:
             await self.store.put(multivariant_key(st.name), text.encode())

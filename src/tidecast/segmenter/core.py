@@ -25,6 +25,12 @@ from tidecast.media.frames import AudioConfig, MediaFrame, TrackKind, VideoConfi
 
 VIDEO_TIMESCALE = 90_000
 MS = VIDEO_TIMESCALE // 1000
+# Every media timeline starts this far after the publisher's clock, leaving room
+# for the reordering delay of re-encoded renditions (B-frames: their first
+# decode time is earlier than their first presentation time) without ever
+# needing a negative decode time. Video and audio move together.
+TIMELINE_OFFSET_S = 10
+_VIDEO_OFFSET = TIMELINE_OFFSET_S * VIDEO_TIMESCALE
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +165,7 @@ class Segmenter:
             self.dropped_frames += 1  # wait for the first picture so A/V start together
             return []
         spf = cfg.samples_per_frame
-        from_clock = frame.dts * cfg.sample_rate // 1000
+        from_clock = frame.dts * cfg.sample_rate // 1000 + TIMELINE_OFFSET_S * cfg.sample_rate
         if self._next_audio_dts is None or abs(from_clock - self._next_audio_dts) > 2 * spf:
             dts = from_clock
         else:
@@ -188,11 +194,11 @@ class Segmenter:
         video: list[VideoSample] = []
         frames = self._video
         for i, f in enumerate(frames):
-            dts = f.dts * MS
+            dts = f.dts * MS + _VIDEO_OFFSET
             if i + 1 < len(frames):
-                nxt = frames[i + 1].dts * MS
+                nxt = frames[i + 1].dts * MS + _VIDEO_OFFSET
             elif next_video_dts is not None:
-                nxt = next_video_dts
+                nxt = next_video_dts + _VIDEO_OFFSET
             else:
                 nxt = dts + self._last_video_duration
             duration = max(1, nxt - dts)

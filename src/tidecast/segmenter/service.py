@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from tidecast.bus.base import Bus
 from tidecast.media.frames import AudioConfig, MediaFrame, VideoConfig
-from tidecast.messages import BroadcastEnded, BroadcastStarted, SegmentReady
+from tidecast.messages import BroadcastEnded, BroadcastStarted, SegmentReady, TranscodeJob
 from tidecast.segmenter import cmaf
 from tidecast.segmenter.core import Segmenter, SourceSegment
 from tidecast.store.base import Store
+from tidecast.transcode.ladder import Rung
 
 log = logging.getLogger("tidecast.segmenter")
 
@@ -151,13 +152,31 @@ class BroadcastSegmenter:
                 stored_at=stored_at,
             ),
         )  # fmt: skip
+        if self.service.ladder and seg.video and v is not None:
+            await bus.publish(
+                f"job.transcode.{self.stream}",
+                TranscodeJob(
+                    stream=self.stream, broadcast=self.broadcast, sequence=seg.sequence,
+                    start=seg.start, duration=seg.duration, source_init_key=ikey,
+                    source_segment_key=skey, width=v.width, height=v.height,
+                    frame_rate=round(seg.frame_rate, 3), audio_codec=a.codec if a and seg.audio else "",
+                    ladder=tuple(r.to_dict() for r in self.service.ladder),
+                    preset=self.service.preset, first_frame_arrival=seg.first_frame_arrival,
+                    stored_at=stored_at,
+                ),
+            )  # fmt: skip
 
 
 class SegmenterService:
-    def __init__(self, store: Store, bus: Bus, target: float) -> None:
+    def __init__(
+        self, store: Store, bus: Bus, target: float, ladder: tuple[Rung, ...] = (),
+        preset: str = "veryfast",
+    ) -> None:  # fmt: skip
         self.store = store
         self.bus = bus
         self.target = target
+        self.ladder = ladder
+        self.preset = preset
         self.active: dict[str, BroadcastSegmenter] = {}
 
     def open(self, stream: str, broadcast: str, started_at: float) -> BroadcastSegmenter:

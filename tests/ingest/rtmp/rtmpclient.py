@@ -49,8 +49,7 @@ def aac_raw(data: bytes) -> bytes:
 
 # A real AVCDecoderConfigurationRecord (High profile, level 3.0) and AAC-LC 44.1 kHz stereo.
 AVCC = bytes.fromhex(
-    "0164001effe1001b6764001eacd940a02ff9610000030001000003003c0f162d96"
-    "01000668ebe3cb22c0"
+    "0164001effe1001b6764001eacd940a02ff9610000030001000003003c0f162d9601000668ebe3cb22c0"
 )
 ASC = bytes.fromhex("1210")
 NALUS = b"\x00\x00\x00\x05\x65\x88\x84\x00\x10"
@@ -127,9 +126,7 @@ class Client:
 
     def metadata(self, stream_id: int, data: dict[str, Any]) -> bytes:
         payload = amf0.encode("@setDataFrame", "onMetaData", amf0.ECMAArray(data))
-        return self.message(
-            MessageType.DATA_AMF0, payload, stream_id=stream_id, csid=CSID_DATA
-        )
+        return self.message(MessageType.DATA_AMF0, payload, stream_id=stream_id, csid=CSID_DATA)
 
     def video(self, stream_id: int, timestamp: int, payload: bytes) -> bytes:
         return self.message(
@@ -161,7 +158,7 @@ def decode_reply(message: Message) -> Reply:
 
 
 def splits(data: bytes, sizes: Iterable[int]) -> Iterator[bytes]:
-    """Cut ``data`` into pieces of the given sizes (cycled), the rest in the last piece."""
+    """Cut ``data`` into pieces of the given sizes, the rest in one last piece."""
     pos = 0
     for size in sizes:
         if pos >= len(data):

@@ -41,7 +41,7 @@ BOTH, ENCODE, DECODE = "both", "encode", "decode"
 CASES: list[tuple[str, Any, bytes, str]] = [
     ("number-zero", 0.0, num(0.0), BOTH),
     ("number", 1.5, num(1.5), BOTH),
-    ("number-negative", -2.0**60, num(-(2.0**60)), BOTH),
+    ("number-negative", -(2.0**60), num(-(2.0**60)), BOTH),
     ("number-inf", math.inf, num(math.inf), BOTH),
     ("int", 31, num(31.0), ENCODE),
     ("true", True, b"\x01\x01", BOTH),
@@ -165,12 +165,16 @@ def seeded(examples: list[Any]) -> Callable[[Callable[..., None]], Callable[...,
     return decorate
 
 
-@pytest.mark.parametrize(("value", "data"), [c[1:3] for c in ENCODE_CASES], ids=[c[0] for c in ENCODE_CASES])
+@pytest.mark.parametrize(
+    ("value", "data"), [c[1:3] for c in ENCODE_CASES], ids=[c[0] for c in ENCODE_CASES]
+)
 def test_encode(value: Any, data: bytes) -> None:
     assert encode(value) == data
 
 
-@pytest.mark.parametrize(("value", "data"), [c[1:3] for c in DECODE_CASES], ids=[c[0] for c in DECODE_CASES])
+@pytest.mark.parametrize(
+    ("value", "data"), [c[1:3] for c in DECODE_CASES], ids=[c[0] for c in DECODE_CASES]
+)
 def test_decode(value: Any, data: bytes) -> None:
     decoded = decode_all(data)
     assert len(decoded) == 1
@@ -288,9 +292,11 @@ scalars = (
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(keys, inner, max_size=4)
-    | st.dictionaries(keys, inner, max_size=4).map(ECMAArray),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(keys, inner, max_size=4)
+        | st.dictionaries(keys, inner, max_size=4).map(ECMAArray)
+    ),
     max_leaves=12,
 )
 

@@ -282,10 +282,7 @@ def test_writer_format0_then_format3() -> None:
 def test_writer_extended_timestamp_on_every_chunk() -> None:
     body = bytes(range(200))
     assert ChunkWriter().write(4, 9, 1, 0x01000000, body) == (
-        H("04 ffffff 0000c8 09 01000000 01000000")
-        + body[:128]
-        + H("c4 01000000")
-        + body[128:]
+        H("04 ffffff 0000c8 09 01000000 01000000") + body[:128] + H("c4 01000000") + body[128:]
     )
     assert ChunkWriter().write(4, 9, 1, 0xFFFFFF, b"")[1:4] == H("ffffff")
     assert ChunkWriter().write(4, 9, 1, 0xFFFFFE, b"")[1:4] == H("fffffe")

@@ -97,8 +97,11 @@ def test_unsupported_video(payload: bytes, message: str) -> None:
 @pytest.mark.parametrize(
     ("payload", "name", "message"),
     [
-        (H("2f ff"), "MP3 (FLV sound format 2)", "audio codec MP3 (FLV sound format 2) is "
-         "not supported; publish AAC"),  # fmt: skip
+        (
+            H("2f ff"),
+            "MP3 (FLV sound format 2)",
+            "audio codec MP3 (FLV sound format 2) is not supported; publish AAC",
+        ),
         (H("ef ff"), "MP3 8 kHz (FLV sound format 14)", "is not supported; publish AAC"),
         (H("b6 00"), "Speex (FLV sound format 11)", "audio codec Speex"),
         (H("7e 00"), "G.711 A-law (FLV sound format 7)", "audio codec G.711 A-law"),

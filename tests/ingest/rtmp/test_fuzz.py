@@ -48,7 +48,6 @@ def cap(limits: Limits) -> int:
     return 1536 + (3 + 11 + 4) + limits.max_message_size + limits.max_pending_bytes
 
 
-
 def _prefix() -> bytes:
     client = Client()
     return b"".join(
@@ -110,14 +109,29 @@ def test_arbitrary_bytes_from_scratch(data: bytes, cuts: list[int], limits: Limi
     run(cut(data, cuts), limits)
 
 
+_HANDSHAKE = Client().handshake()
+_CONNECTED = (lambda c: c.handshake() + c.set_chunk_size(4096) + c.connect())(Client())
+STAGES = [_HANDSHAKE, _CONNECTED, PREFIX]  # valid prefixes: handshake, connect, publish
+
+
 @FUZZ
-@given(garbage=st.binary(max_size=3000), cuts=cuts_strategy, limits=st.sampled_from(LIMITS))
-@example(garbage=b"\xc6" * 100, cuts=[], limits=Limits())
-@example(garbage=bytes.fromhex("02 000000 000004 01 00000000 80000000"), cuts=[3], limits=SMALL)
-def test_arbitrary_bytes_after_a_valid_publish(
-    garbage: bytes, cuts: list[int], limits: Limits
+@given(
+    stage=st.sampled_from(STAGES),
+    garbage=st.binary(max_size=3000),
+    cuts=cuts_strategy,
+    limits=st.sampled_from(LIMITS),
+)
+@example(stage=PREFIX, garbage=b"\xc6" * 100, cuts=[], limits=Limits())
+@example(
+    stage=PREFIX,
+    garbage=bytes.fromhex("02 000000 000004 01 00000000 80000000"),
+    cuts=[3],
+    limits=SMALL,
+)
+def test_arbitrary_bytes_after_a_valid_prefix(
+    stage: bytes, garbage: bytes, cuts: list[int], limits: Limits
 ) -> None:
-    run(cut(PREFIX + garbage, [len(PREFIX), *cuts]), limits)
+    run(cut(stage + garbage, [len(stage), *cuts]), limits)
 
 
 amf_values = st.recursive(
@@ -126,7 +140,9 @@ amf_values = st.recursive(
     | st.floats()
     | st.text(max_size=12)
     | st.sampled_from(["connect", "publish", "createStream", "deleteStream", "FCUnpublish"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 

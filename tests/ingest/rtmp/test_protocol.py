@@ -149,7 +149,9 @@ EXPECTED_REPLIES: list[tuple[int, int, Any]] = [
 
 
 def simplify(replies: list[Reply]) -> list[tuple[int, int, Any]]:
-    return [(r.type_id, r.stream_id, r.values if r.values is not None else r.payload) for r in replies]
+    return [
+        (r.type_id, r.stream_id, r.values if r.values is not None else r.payload) for r in replies
+    ]
 
 
 def publishing(client: Client, conn: ServerConnection, name: str = "key") -> list[Event]:
@@ -158,6 +160,11 @@ def publishing(client: Client, conn: ServerConnection, name: str = "key") -> lis
     client.receive(out)
     assert isinstance(events[-1], PublishRequest)
     return events
+
+
+def random_splits(data: bytes) -> list[bytes]:
+    rng = random.Random(7)
+    return list(splits(data, [rng.randint(1, 700) for _ in range(len(data))]))
 
 
 def run_session(pieces_of: Any) -> tuple[ServerConnection, Client, list[Event], list[Reply]]:
@@ -174,10 +181,7 @@ def run_session(pieces_of: Any) -> tuple[ServerConnection, Client, list[Event], 
     [
         pytest.param(lambda d: [d], id="whole"),
         pytest.param(byte_by_byte, id="byte-by-byte"),
-        pytest.param(
-            lambda d: splits(d, [random.Random(7).randint(1, 700) for _ in range(len(d))]),
-            id="random-splits",
-        ),
+        pytest.param(random_splits, id="random-splits"),
     ],
 )
 def test_full_publish_flow(pieces_of: Any) -> None:
@@ -328,8 +332,10 @@ def test_pending_queue_is_bounded() -> None:
     client = Client()
     limits = Limits(max_pending_messages=3)
     conn = ServerConnection(limits)
-    data = client.handshake() + client.connect() + b"".join(
-        client.command("checkBandwidth", None) for _ in range(4)
+    data = (
+        client.handshake()
+        + client.connect()
+        + b"".join(client.command("checkBandwidth", None) for _ in range(4))
     )
     with pytest.raises(ProtocolError, match=r"awaiting a decision \(limits: 3 messages"):
         conn.receive_data(data)
@@ -454,7 +460,8 @@ def test_polite_answers_to_other_commands() -> None:
     )
     replies = client.receive(conn.data_to_send())
     assert [r.values for r in replies[:4]] == [
-        ["_result", float(n), None, UNDEFINED] for n in (11, 12, 13, 14)
+        ["_result", 11.0, None, 0.0],  # getStreamLength: a number, as ffmpeg expects
+        *(["_result", float(n), None, UNDEFINED] for n in (12, 13, 14)),
     ]
     assert replies[4].values is not None and replies[4].stream_id == 1
     assert replies[4].values[3]["code"] == "NetStream.Play.Failed"
@@ -516,7 +523,9 @@ def test_acknowledgements_follow_the_peer_window() -> None:
     client = Client()
     conn = ServerConnection()
     publishing(client, conn)
-    conn.receive_data(client.message(MessageType.WINDOW_ACK_SIZE, (5000).to_bytes(4, "big"), csid=2))
+    conn.receive_data(
+        client.message(MessageType.WINDOW_ACK_SIZE, (5000).to_bytes(4, "big"), csid=2)
+    )
     assert conn.data_to_send() == b""  # nothing to acknowledge yet
     acks: list[int] = []
     frame = client.video(1, 0, avc_nalu(bytes(1500), keyframe=True))
@@ -554,14 +563,59 @@ def test_timestamps_are_unwrapped_past_32_bits() -> None:
     assert [f.pts - f.dts for f in frames] == [5] * len(stamps)
 
 
+def test_ffmpeg_31_bit_timestamp_wrap_is_unwrapped() -> None:
+    # ffmpeg writes FLV timestamps as signed 32-bit, so over RTMP they wrap at 2**31.
+    client = Client()
+    conn = ServerConnection()
+    stamps = [0x7FFFFFB0, 0x7FFFFFF0, 0x20, 0x40]
+    data = client.publish_prefix() + b"".join(client.audio(1, ts, aac_raw(b"a")) for ts in stamps)
+    events, _ = drive(conn, [data])
+    assert [e.timestamp for e in events if isinstance(e, AudioFrame)] == [
+        0x7FFFFFB0,
+        0x7FFFFFF0,
+        (1 << 31) + 0x20,
+        (1 << 31) + 0x40,
+    ]
+
+
+def test_sequence_headers_at_zero_do_not_anchor_the_unwrapping() -> None:
+    # ffmpeg sends sequence headers at time 0 even when media starts near the wrap.
+    client = Client()
+    conn = ServerConnection()
+    data = (
+        client.publish_prefix()
+        + client.video(1, 0, avc_sequence_header(AVCC))
+        + client.audio(1, 0, aac_sequence_header(ASC))
+        + b"".join(
+            client.video(1, ts, avc_nalu(NALUS, keyframe=True)) for ts in (0xFFFFFF00, 0x10, 0x1000)
+        )
+    )
+    events, _ = drive(conn, [data])
+    times = [(type(e).__name__, getattr(e, "timestamp", getattr(e, "dts", None))) for e in events]
+    assert times[2:] == [
+        ("VideoSequenceHeader", 0),
+        ("AudioSequenceHeader", 0),
+        ("VideoFrame", 0xFFFFFF00),
+        ("VideoFrame", (1 << 32) + 0x10),
+        ("VideoFrame", (1 << 32) + 0x1000),
+    ]
+
+
 def test_small_backward_steps_are_not_mistaken_for_wraps() -> None:
     client = Client()
     conn = ServerConnection()
     data = client.publish_prefix() + b"".join(
-        client.audio(1, ts, aac_raw(b"a")) for ts in (1000, 990, 1010)
+        client.audio(1, ts, aac_raw(b"a")) for ts in (1000, 990, 1010, 0, 0x7FFFFFFF, 5)
     )
     events, _ = drive(conn, [data])
-    assert [e.timestamp for e in events if isinstance(e, AudioFrame)] == [1000, 990, 1010]
+    assert [e.timestamp for e in events if isinstance(e, AudioFrame)] == [
+        1000,
+        990,
+        1010,
+        0,  # a reset to zero is a step back, not a wrap
+        -1,  # 0x7FFFFFFF right after 0: one step back under the 2**31 reading
+        5,
+    ]
 
 
 def test_aggregate_message() -> None:
@@ -586,8 +640,10 @@ def test_aggregate_message() -> None:
 def test_create_stream_limit() -> None:
     client = Client()
     conn = ServerConnection(Limits(max_message_streams=2))
-    data = client.handshake() + client.connect() + b"".join(
-        client.command("createStream", None) for _ in range(3)
+    data = (
+        client.handshake()
+        + client.connect()
+        + b"".join(client.command("createStream", None) for _ in range(3))
     )
     with pytest.raises(ProtocolError, match=r"too many streams created \(limit 2\)"):
         drive(conn, [data])
@@ -620,8 +676,9 @@ def test_accept_without_request_is_a_usage_error() -> None:
             "message length 16777215 exceeds limit 1048576",
         ),
         (
-            lambda c: c.handshake()
-            + b"".join(c.message(3, b"", csid=csid) for csid in range(2, 67)),
+            lambda c: (
+                c.handshake() + b"".join(c.message(3, b"", csid=csid) for csid in range(2, 67))
+            ),
             ChunkError,
             r"too many chunk streams \(limit 64\)",
         ),

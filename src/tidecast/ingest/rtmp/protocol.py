@@ -22,7 +22,8 @@ calling them) and may raise ``ProtocolError`` for a held message, exactly as
 each reply, so nothing is normally held.
 
 Media timestamps are the RTMP 32-bit millisecond timestamps unwrapped per
-message stream into unbounded ints, so streams may run past 49.7 days.
+message stream into unbounded ints, so streams may run past 49.7 days (and past
+the 24.8 days after which ffmpeg, writing signed FLV timestamps, wraps at 2**31).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ _UC_PING_RESPONSE: Final = 7
 
 _TS_MOD: Final = 1 << 32
 _TS_HALF: Final = 1 << 31
+_TS_QUARTER: Final = 1 << 30
 
 # Messages held back while the application decides on a connect or publish.
 _DEFERRED_TYPES: Final = frozenset(
@@ -248,17 +250,34 @@ class _Stream:
         self._last_raw: int | None = None
         self._last_ts = 0
 
-    def unwrap(self, raw: int) -> int:
-        """Extend a 32-bit timestamp to an unbounded int (nearest to the previous one)."""
-        if self._last_raw is None:
-            self._last_ts = raw
+    def unwrap(self, raw: int, *, commit: bool = True) -> int:
+        """Extend a wrapping timestamp to an unbounded int (the nearest to the previous one).
+
+        RTMP timestamps wrap at 2**32, but ffmpeg's FLV layer writes them as signed
+        32-bit values and so wraps at 2**31: while both values are below 2**31,
+        whichever modulus gives the smaller step wins (they agree on any step under
+        2**30 ms, i.e. 12 days). With ``commit=False`` the state is left alone:
+        sequence headers use that, since ffmpeg sends them at time 0 whatever the
+        media timestamps are.
+        """
+        last = self._last_raw
+        if last is None:
+            unwrapped = raw
         else:
-            delta = (raw - self._last_raw) % _TS_MOD
+            delta = (raw - last) % _TS_MOD
             if delta >= _TS_HALF:
                 delta -= _TS_MOD
-            self._last_ts += delta
-        self._last_raw = raw
-        return self._last_ts
+            if raw < _TS_HALF and last < _TS_HALF:
+                delta31 = (raw - last) % _TS_HALF
+                if delta31 >= _TS_QUARTER:
+                    delta31 -= _TS_HALF
+                if abs(delta31) < abs(delta):
+                    delta = delta31
+            unwrapped = self._last_ts + delta
+        if commit:
+            self._last_raw = raw
+            self._last_ts = unwrapped
+        return unwrapped
 
 
 def _command_string(values: list[Any], index: int, default: str = "") -> str:
@@ -635,6 +654,9 @@ class ServerConnection:
             stream = self._streams.pop(target, None) if target is not None else None
             if stream is not None:
                 self._unpublish(stream)
+        elif name == "getStreamLength":
+            if txid != 0:  # a live stream has no length; ffmpeg wants a number
+                self._send_command(0, "_result", txid, None, 0)
         elif name in ("play", "play2"):
             self._send_status(
                 stream_id,
@@ -643,7 +665,7 @@ class ServerConnection:
                 "playback over RTMP is not supported by this server",
             )
         elif name not in _REPLIES_NOT_ANSWERED:
-            # getStreamLength, checkBandwidth, _checkbw and anything unknown.
+            # checkBandwidth, _checkbw and anything unknown.
             self._reply_result(txid)
 
     def _reply_result(self, txid: float) -> None:
@@ -763,13 +785,14 @@ class ServerConnection:
             return
         if tag is None:  # video info/command frame
             return
-        timestamp = stream.unwrap(raw_timestamp)
         if tag.packet_type is AVCPacketType.SEQUENCE_HEADER:
+            timestamp = stream.unwrap(raw_timestamp, commit=False)
             self._events.append(VideoSequenceHeader(stream_id, timestamp, tag.data))
         elif tag.packet_type is AVCPacketType.NALU:
             if not tag.data:
                 self.dropped_media += 1
                 return
+            timestamp = stream.unwrap(raw_timestamp)
             self._events.append(
                 VideoFrame(
                     stream_id=stream_id,
@@ -792,10 +815,11 @@ class ServerConnection:
         except UnsupportedCodec as exc:
             self._reject_media(stream, exc)
             return
-        timestamp = stream.unwrap(raw_timestamp)
         if tag.packet_type is AACPacketType.SEQUENCE_HEADER:
+            timestamp = stream.unwrap(raw_timestamp, commit=False)
             self._events.append(AudioSequenceHeader(stream_id, timestamp, tag.data))
         elif tag.data:
+            timestamp = stream.unwrap(raw_timestamp)
             self._events.append(AudioFrame(stream_id, timestamp, tag.data))
         else:
             self.dropped_media += 1

@@ -1,0 +1,184 @@
+"""Run one transcode job: source segment in, one CMAF segment per rung out.
+
+Steps: fetch the source init + segment from the store; ONE ffmpeg decodes it
+once and encodes every rung that fits the source (never upscaling); each
+output is split into its init (ftyp+moov) and media part (moof+mdat), and its
+``tfdt`` is re-stamped so the rendition's first picture is shown exactly when
+the source's was and its audio (copied) keeps the source decode time. Outputs
+go to deterministic keys, so running a job twice writes the same objects.
+Init segments are keyed by a hash of their bytes: renditions keep one init
+segment until the encoding parameters really change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tidecast import ffmpeg
+from tidecast.media import fmp4, h264
+from tidecast.media.errors import MediaError
+from tidecast.messages import TranscodeJob
+from tidecast.segmenter.cmaf import AUDIO_TRACK, VIDEO_TRACK
+from tidecast.store.base import Store
+from tidecast.transcode.ladder import Rung, rungs_for_source
+
+
+class JobError(RuntimeError):
+    """The job cannot be done (bad source, ffmpeg failure); it may be retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class RenditionOutput:
+    rendition: str
+    init_key: str
+    segment_key: str
+    size: int
+    codecs: str
+    width: int
+    height: int
+
+
+def rendition_prefix(job: TranscodeJob, rendition: str) -> str:
+    return f"hls/{job.stream}/{job.broadcast}/{rendition}"
+
+
+def planned_rungs(job: TranscodeJob) -> tuple[Rung, ...]:
+    ladder = tuple(Rung.from_dict(dict(d)) for d in job.ladder)
+    return rungs_for_source(ladder, job.width, job.height)
+
+
+def output_size(rung: Rung, src_w: int, src_h: int) -> tuple[int, int]:
+    if src_h > src_w:  # portrait: the rung height is the short side
+        return rung.height, max(2, round(rung.height * src_h / src_w / 2) * 2)
+    return rung.width_for(src_w, src_h), rung.height
+
+
+def split_output(data: bytes) -> tuple[bytes, bytes]:
+    """ffmpeg's fragmented MP4 -> (ftyp+moov, moof+mdat...)."""
+    init_end = media_start = None
+    for box in fmp4.iter_boxes(data):
+        if box.type == "moov":
+            init_end = box.end
+        elif box.type == "moof" and media_start is None:
+            media_start = box.start
+        elif box.type == "mfra":
+            data = data[: box.start]
+            break
+    if init_end is None or media_start is None:
+        raise MediaError("transcoder output has no moov or no moof")
+    return data[:init_end], data[media_start:]
+
+
+def _read_descriptor_header(data: bytes | bytearray, pos: int) -> tuple[int, int, int]:
+    """(tag, payload size, payload start) of an MPEG-4 descriptor (ISO/IEC 14496-1)."""
+    tag = data[pos]
+    size = 0
+    pos += 1
+    for _ in range(4):
+        b = data[pos]
+        pos += 1
+        size = (size << 7) | (b & 0x7F)
+        if not b & 0x80:
+            break
+    return tag, size, pos
+
+
+def normalize_init(init: bytes) -> bytes:
+    """Zero the bitrate fields ffmpeg fills from each segment's own bytes.
+
+    ``esds`` (DecoderConfigDescriptor max/avg bitrate) and ``btrt`` vary with
+    every segment although the decoder configuration does not; without them an
+    init segment depends only on the encoding parameters.
+    """
+    out = bytearray(init)
+    pos = out.find(b"btrt")
+    while pos >= 4:
+        out[pos + 4 : pos + 16] = bytes(12)
+        pos = out.find(b"btrt", pos + 4)
+    pos = out.find(b"esds")
+    while pos >= 4:
+        tag, _, p = _read_descriptor_header(out, pos + 8)  # after version/flags
+        if tag == 0x03:
+            es_flags = out[p + 2]
+            p += 3 + (2 if es_flags & 0x80 else 0) + (2 if es_flags & 0x20 else 0)
+            if es_flags & 0x40:
+                p += 1 + out[p]
+            tag, _, p = _read_descriptor_header(out, p)
+            if tag == 0x04:
+                out[p + 5 : p + 13] = bytes(8)  # maxBitrate, avgBitrate
+        pos = out.find(b"esds", pos + 4)
+    return bytes(out)
+
+
+def find_avcc(init: bytes) -> bytes:
+    pos = init.find(b"avcC")
+    if pos < 4:
+        raise MediaError("no avcC box in the transcoder's init segment")
+    (size,) = struct.unpack_from(">I", init, pos - 4)
+    return init[pos + 4 : pos - 4 + size]
+
+
+async def run_job(
+    job: TranscodeJob, store: Store, *, exe: str, timeout: float, workdir: Path | None = None,
+) -> list[RenditionOutput]:  # fmt: skip
+    rungs = planned_rungs(job)
+    if not rungs:
+        raise JobError(f"no rung fits a {job.width}x{job.height} source")
+    src_init = await store.get(job.source_init_key)
+    src_seg = await store.get(job.source_segment_key)
+    try:
+        src_times = fmp4.read_base_decode_times(src_seg)
+        src_cts = fmp4.read_first_composition_offsets(src_seg)
+    except MediaError as exc:
+        raise JobError(f"bad source segment {job.source_segment_key}: {exc}") from exc
+    if VIDEO_TRACK not in src_times:
+        raise JobError(f"source segment {job.source_segment_key} has no video")
+    first_pts = src_times[VIDEO_TRACK] + src_cts.get(VIDEO_TRACK, 0)
+    has_audio = AUDIO_TRACK in src_times
+    with tempfile.TemporaryDirectory(prefix="tidecast-job-", dir=workdir) as tmp:
+        src_path = Path(tmp) / "source.mp4"
+        await asyncio.to_thread(src_path.write_bytes, src_init + src_seg)
+        outs = []
+        for r in rungs:
+            w, h = output_size(r, job.width, job.height)
+            outs.append(ffmpeg.RungOutput(w, h, r.video_kbps, r.profile, str(Path(tmp) / f"{r.name}.mp4")))
+        args = ffmpeg.transcode_segment_args(str(src_path), outs, job.preset, audio=has_audio, exe=exe)
+        try:
+            await ffmpeg.run(args, timeout, name=f"transcode {job.stream}#{job.sequence}")
+        except ffmpeg.FFmpegError as exc:
+            raise JobError(str(exc)) from exc
+        results = []
+        for r, o in zip(rungs, outs, strict=True):
+            data = await asyncio.to_thread(Path(o.path).read_bytes)
+            results.append(await _store_rendition(job, store, r, data, first_pts, src_times))
+    return results
+
+
+async def _store_rendition(
+    job: TranscodeJob, store: Store, rung: Rung, data: bytes, first_pts: int,
+    src_times: dict[int, int],
+) -> RenditionOutput:  # fmt: skip
+    try:
+        init, media = split_output(data)
+        init = normalize_init(init)
+        out_cts = fmp4.read_first_composition_offsets(media).get(VIDEO_TRACK, 0)
+        new_times = {VIDEO_TRACK: first_pts - out_cts}
+        if AUDIO_TRACK in src_times and AUDIO_TRACK in fmp4.read_base_decode_times(media):
+            new_times[AUDIO_TRACK] = src_times[AUDIO_TRACK]
+        media = fmp4.rewrite_base_decode_times(media, new_times)
+        video = h264.parse_avcc(find_avcc(init))
+    except MediaError as exc:
+        raise JobError(f"unusable transcoder output for {rung.name}: {exc}") from exc
+    prefix = rendition_prefix(job, rung.name)
+    init_key = f"{prefix}/init-{hashlib.sha256(init).hexdigest()[:12]}.mp4"
+    if not await store.exists(init_key):
+        await store.put(init_key, init)
+    segment_key = f"{prefix}/{job.sequence:06d}.m4s"
+    await store.put(segment_key, media)
+    codecs = ",".join(c for c in (video.codec, job.audio_codec) if c)
+    return RenditionOutput(rung.name, init_key, segment_key, len(media), codecs, video.width, video.height)
