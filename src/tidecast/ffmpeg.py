@@ -263,17 +263,17 @@ class RungOutput:
 
 
 def transcode_segment_args(
-    source: str, outputs: Sequence[RungOutput], preset: str, *, audio: bool, exe: str = "ffmpeg",
+    source: str, outputs: Sequence[RungOutput], preset: str, *, exe: str = "ffmpeg",
     threads: int = 0,
 ) -> list[str]:  # fmt: skip
     """ONE ffmpeg per source segment: decode once, scale and encode every rung.
 
-    Each output is a fragmented MP4 with a single fragment: one IDR on the first
-    frame (the source segment starts at a keyframe, so every rendition's segment
-    N starts at the same instant), constant bitrate with filler (x264 nal-hrd
-    cbr), source frame timing kept (passthrough), audio copied from the source
-    (identical in every rendition, so A/V sync and audio continuity follow the
-    source). Timestamps are re-stamped afterwards by the project (ffmpeg's mp4
+    Each output is a video-only fragmented MP4 with a single fragment: one IDR
+    on the first frame (the source segment starts at a keyframe, so every
+    rendition's segment N starts at the same instant), constant bitrate with
+    filler (x264 nal-hrd cbr), source frame timing kept (passthrough). Audio is
+    not re-encoded: the source audio is one rendition shared by every video
+    rendition. Timestamps are re-stamped afterwards by the project (ffmpeg's mp4
     muxer re-bases them to 0), hence no edit lists.
     """
     n = len(outputs)
@@ -287,10 +287,8 @@ def transcode_segment_args(
     ]  # fmt: skip
     for i, o in enumerate(outputs):
         k = o.video_kbps
-        args += ["-map", f"[v{i}]"]
-        if audio:
-            args += ["-map", "0:a:0", "-c:a", "copy"]
         args += [
+            "-map", f"[v{i}]",
             "-c:v", "libx264", "-preset", preset, "-profile:v", o.profile,
             "-b:v", f"{k}k", "-minrate", f"{k}k", "-maxrate", f"{k}k", "-bufsize", f"{k}k",
             "-x264-params", "nal-hrd=cbr",
@@ -321,7 +319,7 @@ def transcode_continuous_args(
     for i, o in enumerate(outputs):
         k = o.video_kbps
         args += [
-            "-map", f"[v{i}]", "-map", "0:a:0", "-c:a", "copy",
+            "-map", f"[v{i}]",
             "-c:v", "libx264", "-preset", preset, "-profile:v", o.profile,
             "-b:v", f"{k}k", "-minrate", f"{k}k", "-maxrate", f"{k}k", "-bufsize", f"{k}k",
             "-x264-params", "nal-hrd=cbr",

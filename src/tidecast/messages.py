@@ -76,6 +76,7 @@ class BroadcastEnded(Message):
     broadcast: str
     ended_at: float
     reason: str = "unpublished"
+    segments: int = 0  # source segments the broadcast produced (sequences 0..segments-1)
 
 
 @message

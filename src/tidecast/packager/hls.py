@@ -103,10 +103,27 @@ class Variant:
     width: int = 0
     height: int = 0
     frame_rate: float = 0.0
+    audio_group: str = ""
 
 
-def render_multivariant(variants: list[Variant]) -> str:
+@dataclass(frozen=True, slots=True)
+class AudioRendition:
+    """An EXT-X-MEDIA audio rendition shared by the video variants."""
+
+    uri: str
+    group: str = "audio"
+    name: str = "audio"
+    language: str = ""
+
+
+def render_multivariant(variants: list[Variant], audio: AudioRendition | None = None) -> str:
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{HLS_VERSION}", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    if audio is not None:
+        lang = f',LANGUAGE="{audio.language}"' if audio.language else ""
+        lines.append(
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{audio.group}",NAME="{audio.name}"{lang},'
+            f'DEFAULT=YES,AUTOSELECT=YES,CHANNELS="2",URI="{audio.uri}"'
+        )
     for v in sorted(variants, key=lambda v: -v.bandwidth):
         attrs = [f"BANDWIDTH={v.bandwidth}", f"AVERAGE-BANDWIDTH={v.average_bandwidth}"]
         if v.codecs:
@@ -115,6 +132,8 @@ def render_multivariant(variants: list[Variant]) -> str:
             attrs.append(f"RESOLUTION={v.width}x{v.height}")
         if v.frame_rate:
             attrs.append(f"FRAME-RATE={v.frame_rate:.3f}")
+        if v.audio_group:
+            attrs.append(f'AUDIO="{v.audio_group}"')
         lines.append("#EXT-X-STREAM-INF:" + ",".join(attrs))
         lines.append(v.uri)
     return "\n".join(lines) + "\n"

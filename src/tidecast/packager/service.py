@@ -21,11 +21,17 @@ import logging
 import posixpath
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tidecast.bus.base import Bus, Subscription
 from tidecast.messages import BroadcastEnded, BroadcastStarted, SegmentReady
-from tidecast.packager.hls import MediaPlaylist, PlaylistSegment, Variant, render_multivariant
+from tidecast.packager.hls import (
+    AudioRendition,
+    MediaPlaylist,
+    PlaylistSegment,
+    Variant,
+    render_multivariant,
+)
 from tidecast.store.base import Store
 
 log = logging.getLogger("tidecast.packager")
@@ -67,6 +73,7 @@ class RenditionState:
 class BroadcastTimeline:
     msn_base: int
     pdt_anchor: float | None = None  # wall clock of media time 0
+    segments: int | None = None  # known once the broadcast ended
 
 
 @dataclass(slots=True)
@@ -80,6 +87,7 @@ class StreamState:
     ended: bool = False
     master_text: str = ""
     expected: set[str] = field(default_factory=set)  # renditions the current broadcast makes
+    end_pending: bool = False  # the grace is over; end once every rendition has caught up
 
 
 PublishedHook = Callable[[SegmentReady, float], None]
@@ -127,6 +135,8 @@ class Packager:
         for st in self.streams.values():
             if st.end_timer:
                 st.end_timer.cancel()
+            if st.end_pending:
+                await self._end_stream(st, force=True)
 
     async def _drop_stale_playlists(self) -> None:
         """Live playlists left by an earlier run describe nothing live: remove them."""
@@ -166,6 +176,7 @@ class Packager:
         if st.end_timer:
             st.end_timer.cancel()
             st.end_timer = None
+        st.end_pending = False
         st.broadcasts[msg.broadcast] = BroadcastTimeline(msn_base=st.next_msn)
         had_segments = any(r.playlist.segments for r in st.renditions.values())
         st.current = msg.broadcast
@@ -179,6 +190,9 @@ class Packager:
         st = self._stream(msg.stream)
         if st.current != msg.broadcast:
             return
+        tl = st.broadcasts.get(msg.broadcast)
+        if tl is not None:
+            tl.segments = msg.segments
         if msg.reason == "server shutdown" or self.reconnect_grace == 0:
             await self._end_stream(st)
             return
@@ -192,7 +206,22 @@ class Packager:
             if st.current == broadcast and not st.ended:
                 await self._end_stream(st)
 
-    async def _end_stream(self, st: StreamState) -> None:
+    def _caught_up(self, st: StreamState) -> bool:
+        """Every rendition of the current broadcast has listed its last segment."""
+        tl = st.broadcasts.get(st.current or "")
+        if tl is None or tl.segments is None:
+            return True
+        for name in st.expected or st.renditions:
+            r = st.renditions.get(name)
+            if r is None or r.next_seq.get(st.current or "", 0) < tl.segments:
+                return False
+        return True
+
+    async def _end_stream(self, st: StreamState, force: bool = False) -> None:
+        if not force and not self._caught_up(st):
+            st.end_pending = True  # renditions still being transcoded: end after them
+            return
+        st.end_pending = False
         st.ended = True
         for r in st.renditions.values():
             r.playlist.end()
@@ -228,6 +257,8 @@ class Packager:
             return
         await self.store.put(media_playlist_key(st.name, r.name), r.playlist.render().encode())
         await self._write_master(st)
+        if st.end_pending and self._caught_up(st):
+            await self._end_stream(st)
         now = time.time()
         for hook in self.hooks:
             hook(msg, now)
@@ -272,8 +303,20 @@ class Packager:
         ready = {n for n, r in st.renditions.items() if r.playlist.segments and r.codecs}
         if st.expected - ready:
             return  # list every rendition at once, or players miss the late ones
-        variants = [st.renditions[n].variant() for n in sorted(ready & st.expected or ready)]
-        text = render_multivariant(variants)
+        names = sorted(ready & st.expected or ready)
+        audio = st.renditions.get("audio") if "audio" in names else None
+        variants = []
+        for n in names:
+            if n == "audio":
+                continue
+            v = st.renditions[n].variant()
+            if audio is not None:  # video-only rendition + the shared audio rendition
+                a = audio.variant()
+                v = replace(v, bandwidth=v.bandwidth + a.bandwidth,
+                            average_bandwidth=v.average_bandwidth + a.average_bandwidth,
+                            codecs=f"{v.codecs},{a.codecs}", audio_group="audio")  # fmt: skip
+            variants.append(v)
+        text = render_multivariant(variants, AudioRendition("audio.m3u8") if audio else None)
         if text != st.master_text:
             await self.store.put(multivariant_key(st.name), text.encode())
             st.master_text = text

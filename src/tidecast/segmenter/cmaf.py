@@ -28,9 +28,10 @@ def init_segment(video: VideoConfig | None, audio: AudioConfig | None) -> bytes:
     return fmp4.init_segment(tracks_for(video, audio))
 
 
-def media_segment(seg: SourceSegment) -> bytes:
+def media_segment(seg: SourceSegment, *, video: bool = True, audio: bool = True) -> bytes:
+    """The segment's tracks (both by default; ``video=False`` gives the audio rendition)."""
     fragments = []
-    if seg.video:
+    if seg.video and video:
         fragments.append(
             fmp4.Fragment(
                 VIDEO_TRACK,
@@ -38,7 +39,7 @@ def media_segment(seg: SourceSegment) -> bytes:
                 [fmp4.Sample(s.data, s.duration, s.cts_offset, s.keyframe) for s in seg.video],
             )
         )
-    if seg.audio:
+    if seg.audio and audio:
         fragments.append(
             fmp4.Fragment(
                 AUDIO_TRACK,

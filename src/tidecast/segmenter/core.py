@@ -7,6 +7,9 @@ Rules:
   boundary. Video before the first keyframe is dropped.
 - Audio is never cut mid-run: each segment takes the audio frames that arrived
   since the previous cut, so the audio track is continuous across segments.
+  The cut for audio is the keyframe's presentation time (not its decode time):
+  a segment that ends waits ("closing") until audio reaches that instant, so
+  with B-frames every segment's audio still starts with its first picture.
   Audio decode times are counted in samples (sample-exact continuity) and
   re-synchronised to the publisher's clock only when it drifts by more than
   two frames (a real gap in the source).
@@ -101,6 +104,8 @@ class Segmenter:
         self._next_audio_dts: int | None = None
         self._last_video_duration = 3000  # 1/30 s until we know better
         self._seen_keyframe = False
+        self._closing: SourceSegment | None = None  # cut, waiting for audio up to its end
+        self._closing_until = 0  # ms: presentation time of the keyframe that ended it
         self.dropped_frames = 0
 
     # -- configuration -------------------------------------------------------
@@ -150,7 +155,14 @@ class Segmenter:
         elif frame.keyframe and self._video:
             elapsed = (frame.dts - self._video[0].dts) * MS
             if elapsed >= self.target_ticks:
-                out.append(self._cut(next_video_dts=frame.dts * MS))
+                out += self._release_closing()
+                seg = self._cut(next_video_dts=frame.dts * MS)
+                if self.audio_config is None:
+                    out.append(seg)
+                else:
+                    self._closing, self._closing_until = seg, frame.pts
+        if self._closing is not None and frame.dts >= self._closing_until + 1000:
+            out += self._release_closing()  # audio stalled: don't hold the segment back
         if not self._video and not self._audio:
             self._first_arrival = frame.arrival or self.clock()
         self._video.append(frame)
@@ -172,6 +184,11 @@ class Segmenter:
             dts = self._next_audio_dts
         self._next_audio_dts = dts + spf
         out: list[SourceSegment] = []
+        if self._closing is not None:
+            if frame.dts < self._closing_until:
+                self._closing.audio.append(AudioSample(frame.data, dts, spf))
+                return out
+            out += self._release_closing()
         elapsed = dts - self._audio[0].dts if self._audio else 0
         if not self.expect_video and elapsed >= self.target * cfg.sample_rate:
             out.append(self._cut(next_video_dts=None))
@@ -180,15 +197,28 @@ class Segmenter:
         self._audio.append(AudioSample(frame.data, dts, spf))
         return out
 
+    @property
+    def cut_count(self) -> int:
+        """Segments cut so far (the next sequence number)."""
+        return self._seq
+
     def flush(self) -> list[SourceSegment]:
         """End of stream: whatever is pending becomes the last segment."""
         return self._flush_current()
 
     # -- cutting -------------------------------------------------------------
-    def _flush_current(self) -> list[SourceSegment]:
-        if not self._video and not self._audio:
+    def _release_closing(self) -> list[SourceSegment]:
+        seg, self._closing = self._closing, None
+        if seg is None:
             return []
-        return [self._cut(next_video_dts=None)]
+        seg.completed_at = self.clock()
+        return [seg]
+
+    def _flush_current(self) -> list[SourceSegment]:
+        out = self._release_closing()
+        if self._video or self._audio:
+            out.append(self._cut(next_video_dts=None))
+        return out
 
     def _cut(self, next_video_dts: int | None) -> SourceSegment:
         video: list[VideoSample] = []

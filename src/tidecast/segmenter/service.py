@@ -24,6 +24,7 @@ from tidecast.transcode.ladder import Rung
 log = logging.getLogger("tidecast.segmenter")
 
 SOURCE = "source"
+AUDIO = "audio"  # the shared audio rendition next to a transcoded (video-only) ladder
 _END = None
 
 
@@ -60,7 +61,7 @@ class BroadcastSegmenter:
         self.queue: asyncio.Queue[SourceSegment | None] = asyncio.Queue()
         self.stats = SegmenterStats()
         self._announced = False
-        self._stored_inits: set[int] = set()
+        self._stored_inits: set[object] = set()
         self._finished = False
         self.log = logging.LoggerAdapter(log, {"stream": stream})
         self.writer = asyncio.create_task(self._write_loop(), name=f"segmenter-{stream}")
@@ -90,7 +91,7 @@ class BroadcastSegmenter:
         await self.writer
         await self.service.bus.publish(
             f"broadcast.{self.stream}",
-            BroadcastEnded(self.stream, self.broadcast, time.time(), reason),
+            BroadcastEnded(self.stream, self.broadcast, time.time(), reason, self.core.cut_count),
         )
         self.service.active.pop(self.broadcast, None)
         self.log.info(
@@ -152,6 +153,8 @@ class BroadcastSegmenter:
                 stored_at=stored_at,
             ),
         )  # fmt: skip
+        if self.service.ladder and seg.audio and a is not None:
+            await self._store_audio(seg, a, stored_at)
         if self.service.ladder and seg.video and v is not None:
             await bus.publish(
                 f"job.transcode.{self.stream}",
@@ -165,6 +168,30 @@ class BroadcastSegmenter:
                     stored_at=stored_at,
                 ),
             )  # fmt: skip
+
+
+    async def _store_audio(self, seg: SourceSegment, a: AudioConfig, source_stored: float) -> None:
+        """With a ladder, audio is its own rendition: copied from the source, shared by all."""
+        store = self.service.store
+        ikey = init_key(self.stream, self.broadcast, AUDIO, seg.config_generation)
+        if ("audio", seg.config_generation) not in self._stored_inits:
+            await store.put(ikey, cmaf.init_segment(None, a))
+            self._stored_inits.add(("audio", seg.config_generation))
+        data = cmaf.media_segment(seg, video=False)
+        skey = segment_key(self.stream, self.broadcast, AUDIO, seg.sequence)
+        await store.put(skey, data)
+        audio_start = seg.audio[0].dts / a.sample_rate
+        await self.service.bus.publish(
+            f"segment.{self.stream}",
+            SegmentReady(
+                stream=self.stream, broadcast=self.broadcast, rendition=AUDIO,
+                sequence=seg.sequence, start=seg.start, duration=seg.duration,
+                init_key=ikey, segment_key=skey, size=len(data), has_video=False,
+                codecs=a.codec, first_frame_arrival=seg.first_frame_arrival,
+                completed_at=seg.completed_at, stored_at=time.time(),
+                timings={"audio_start": audio_start, "source_stored": source_stored},
+            ),
+        )  # fmt: skip
 
 
 class SegmenterService:

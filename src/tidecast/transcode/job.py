@@ -2,9 +2,10 @@
 
 Steps: fetch the source init + segment from the store; ONE ffmpeg decodes it
 once and encodes every rung that fits the source (never upscaling); each
-output is split into its init (ftyp+moov) and media part (moof+mdat), and its
-``tfdt`` is re-stamped so the rendition's first picture is shown exactly when
-the source's was and its audio (copied) keeps the source decode time. Outputs
+video-only output is split into its init (ftyp+moov) and media part
+(moof+mdat), and its ``tfdt`` is re-stamped so the rendition's first picture
+is shown exactly when the source's was. Audio is the segmenter's shared audio
+rendition, so every rendition stays in sync with the same audio. Outputs
 go to deterministic keys, so running a job twice writes the same objects.
 Init segments are keyed by a hash of their bytes: renditions keep one init
 segment until the encoding parameters really change.
@@ -23,7 +24,7 @@ from tidecast import ffmpeg
 from tidecast.media import fmp4, h264
 from tidecast.media.errors import MediaError
 from tidecast.messages import TranscodeJob
-from tidecast.segmenter.cmaf import AUDIO_TRACK, VIDEO_TRACK
+from tidecast.segmenter.cmaf import VIDEO_TRACK
 from tidecast.store.base import Store
 from tidecast.transcode.ladder import Rung, rungs_for_source
 
@@ -139,7 +140,6 @@ async def run_job(
     if VIDEO_TRACK not in src_times:
         raise JobError(f"source segment {job.source_segment_key} has no video")
     first_pts = src_times[VIDEO_TRACK] + src_cts.get(VIDEO_TRACK, 0)
-    has_audio = AUDIO_TRACK in src_times
     with tempfile.TemporaryDirectory(prefix="tidecast-job-", dir=workdir) as tmp:
         src_path = Path(tmp) / "source.mp4"
         await asyncio.to_thread(src_path.write_bytes, src_init + src_seg)
@@ -147,7 +147,7 @@ async def run_job(
         for r in rungs:
             w, h = output_size(r, job.width, job.height)
             outs.append(ffmpeg.RungOutput(w, h, r.video_kbps, r.profile, str(Path(tmp) / f"{r.name}.mp4")))
-        args = ffmpeg.transcode_segment_args(str(src_path), outs, job.preset, audio=has_audio, exe=exe)
+        args = ffmpeg.transcode_segment_args(str(src_path), outs, job.preset, exe=exe)
         try:
             await ffmpeg.run(args, timeout, name=f"transcode {job.stream}#{job.sequence}")
         except ffmpeg.FFmpegError as exc:
@@ -155,22 +155,19 @@ async def run_job(
         results = []
         for r, o in zip(rungs, outs, strict=True):
             data = await asyncio.to_thread(Path(o.path).read_bytes)
-            results.append(await _store_rendition(job, store, r, data, first_pts, src_times))
+            results.append(await _store_rendition(job, store, r, data, first_pts))
     return results
 
 
 async def _store_rendition(
-    job: TranscodeJob, store: Store, rung: Rung, data: bytes, first_pts: int,
-    src_times: dict[int, int],
-) -> RenditionOutput:  # fmt: skip
+    job: TranscodeJob, store: Store, rung: Rung, data: bytes, first_pts: int
+) -> RenditionOutput:
     try:
         init, media = split_output(data)
         init = normalize_init(init)
         out_cts = fmp4.read_first_composition_offsets(media).get(VIDEO_TRACK, 0)
-        new_times = {VIDEO_TRACK: first_pts - out_cts}
-        if AUDIO_TRACK in src_times and AUDIO_TRACK in fmp4.read_base_decode_times(media):
-            new_times[AUDIO_TRACK] = src_times[AUDIO_TRACK]
-        media = fmp4.rewrite_base_decode_times(media, new_times)
+        # the first picture is shown exactly when the source's first picture was
+        media = fmp4.rewrite_base_decode_times(media, {VIDEO_TRACK: first_pts - out_cts})
         video = h264.parse_avcc(find_avcc(init))
     except MediaError as exc:
         raise JobError(f"unusable transcoder output for {rung.name}: {exc}") from exc
@@ -180,5 +177,4 @@ async def _store_rendition(
         await store.put(init_key, init)
     segment_key = f"{prefix}/{job.sequence:06d}.m4s"
     await store.put(segment_key, media)
-    codecs = ",".join(c for c in (video.codec, job.audio_codec) if c)
-    return RenditionOutput(rung.name, init_key, segment_key, len(media), codecs, video.width, video.height)
+    return RenditionOutput(rung.name, init_key, segment_key, len(media), video.codec, video.width, video.height)
