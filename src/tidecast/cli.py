@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--size", default="1280x720")
     lat.add_argument("--fps", type=int, default=30)
     lat.add_argument("--segment-target", type=float, default=2.0)
+    tc = bsub.add_parser("transcode", help="segment pipeline vs one continuous ffmpeg, same ladder")
+    tc.add_argument("--seconds", type=float, default=60)
+    tc.add_argument("--size", default="1920x1080")
+    tc.add_argument("--fps", type=int, default=30)
+    tc.add_argument("--workers", type=int, default=0, help="0 = one per core")
+    tc.add_argument("--preset", default="veryfast")
     return parser
 
 
@@ -107,9 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "publish":
             return _publish(args)
         if args.command == "bench":
-            from tidecast.bench import latency
+            from tidecast.bench import latency, transcode
 
-            return asyncio.run(latency.main(args))
+            bench = {"latency": latency.main, "transcode": transcode.main}[args.bench_command]
+            return asyncio.run(bench(args))
     except ConfigError as exc:
         print(f"tidecast: {exc}", file=sys.stderr)
         return 2
