@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--size", default="1280x720")
     lat.add_argument("--fps", type=int, default=30)
     lat.add_argument("--segment-target", type=float, default=2.0)
+    lat.add_argument("--ladder", default="none",
+                     help='"none" measures the source rendition; "default" the top transcoded one')  # fmt: skip
     tc = bsub.add_parser("transcode", help="segment pipeline vs one continuous ffmpeg, same ladder")
     tc.add_argument("--seconds", type=float, default=60)
     tc.add_argument("--size", default="1920x1080")

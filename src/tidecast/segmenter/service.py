@@ -19,7 +19,7 @@ from tidecast.messages import BroadcastEnded, BroadcastStarted, SegmentReady, Tr
 from tidecast.segmenter import cmaf
 from tidecast.segmenter.core import Segmenter, SourceSegment
 from tidecast.store.base import Store
-from tidecast.transcode.ladder import Rung
+from tidecast.transcode.ladder import Rung, rungs_for_source
 
 log = logging.getLogger("tidecast.segmenter")
 
@@ -154,7 +154,8 @@ class BroadcastSegmenter:
             ),
         )  # fmt: skip
         if self.service.ladder and seg.audio and a is not None:
-            await self._store_audio(seg, a, stored_at)
+            planned = rungs_for_source(self.service.ladder, v.width, v.height) if v else ()
+            await self._store_audio(seg, a, stored_at, tuple(r.name for r in planned) + (AUDIO,))
         if self.service.ladder and seg.video and v is not None:
             await bus.publish(
                 f"job.transcode.{self.stream}",
@@ -170,7 +171,9 @@ class BroadcastSegmenter:
             )  # fmt: skip
 
 
-    async def _store_audio(self, seg: SourceSegment, a: AudioConfig, source_stored: float) -> None:
+    async def _store_audio(
+        self, seg: SourceSegment, a: AudioConfig, source_stored: float, renditions: tuple[str, ...]
+    ) -> None:
         """With a ladder, audio is its own rendition: copied from the source, shared by all."""
         store = self.service.store
         ikey = init_key(self.stream, self.broadcast, AUDIO, seg.config_generation)
@@ -190,6 +193,7 @@ class BroadcastSegmenter:
                 codecs=a.codec, first_frame_arrival=seg.first_frame_arrival,
                 completed_at=seg.completed_at, stored_at=time.time(),
                 timings={"audio_start": audio_start, "source_stored": source_stored},
+                renditions=renditions,  # the packager waits for all of them before ENDLIST
             ),
         )  # fmt: skip
 

@@ -187,7 +187,7 @@ class TranscodeCoordinator:
     async def _announce(self, job: TranscodeJob, reply: dict[str, object]) -> None:
         outputs = reply["outputs"]
         assert isinstance(outputs, list)
-        names = tuple(o["rendition"] for o in outputs)
+        names = tuple(o["rendition"] for o in outputs) + (("audio",) if job.audio_codec else ())
         now = time.time()
         for o in outputs:
             await self.bus.publish(
@@ -222,7 +222,7 @@ class TranscodeCoordinator:
                       failed_at=time.time()),
         )  # fmt: skip
         rungs = planned_rungs(job)
-        names = tuple(r.name for r in rungs)
+        names = tuple(r.name for r in rungs) + (("audio",) if job.audio_codec else ())
         for r in rungs:
             prefix = rendition_prefix(job, r.name)
             await self.bus.publish(
