@@ -262,6 +262,16 @@ class RungOutput:
     path: str
 
 
+def ladder_filter(outputs: Sequence[RungOutput]) -> str:
+    """Decode once, split, scale to every rung: ``[v0]``, ``[v1]``... for the outputs."""
+    n = len(outputs)
+    chains = [f"[0:v]split={n}" + "".join(f"[s{i}]" for i in range(n))] if n > 1 else []
+    for i, o in enumerate(outputs):
+        src = f"[s{i}]" if n > 1 else "[0:v]"
+        chains.append(f"{src}scale={o.width}:{o.height}:flags=bicubic,format=yuv420p[v{i}]")
+    return ";".join(chains)
+
+
 def transcode_segment_args(
     source: str, outputs: Sequence[RungOutput], preset: str, *, exe: str = "ffmpeg",
     threads: int = 0,
@@ -276,14 +286,9 @@ def transcode_segment_args(
     rendition. Timestamps are re-stamped afterwards by the project (ffmpeg's mp4
     muxer re-bases them to 0), hence no edit lists.
     """
-    n = len(outputs)
-    chains = [f"[0:v]split={n}" + "".join(f"[s{i}]" for i in range(n))] if n > 1 else []
-    for i, o in enumerate(outputs):
-        src = f"[s{i}]" if n > 1 else "[0:v]"
-        chains.append(f"{src}scale={o.width}:{o.height}:flags=bicubic,format=yuv420p[v{i}]")
     args = [
         exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-        "-i", source, "-filter_complex", ";".join(chains),
+        "-i", source, "-filter_complex", ladder_filter(outputs),
     ]  # fmt: skip
     for i, o in enumerate(outputs):
         k = o.video_kbps
@@ -309,13 +314,8 @@ def transcode_continuous_args(
     source: str, outputs: Sequence[RungOutput], preset: str, gop_frames: int, exe: str = "ffmpeg"
 ) -> list[str]:
     """The benchmark baseline: one continuous ffmpeg encoding the same ladder."""
-    n = len(outputs)
-    chains = [f"[0:v]split={n}" + "".join(f"[s{i}]" for i in range(n))] if n > 1 else []
-    for i, o in enumerate(outputs):
-        src = f"[s{i}]" if n > 1 else "[0:v]"
-        chains.append(f"{src}scale={o.width}:{o.height}:flags=bicubic,format=yuv420p[v{i}]")
     args = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", source,
-            "-filter_complex", ";".join(chains)]  # fmt: skip
+            "-filter_complex", ladder_filter(outputs)]  # fmt: skip
     for i, o in enumerate(outputs):
         k = o.video_kbps
         args += [
