@@ -272,6 +272,15 @@ def ladder_filter(outputs: Sequence[RungOutput]) -> str:
     return ";".join(chains)
 
 
+def x264_cbr_args(o: RungOutput, preset: str) -> list[str]:
+    """x264 at a constant bitrate with filler (nal-hrd cbr): the rung's exact budget."""
+    k = f"{o.video_kbps}k"
+    return [
+        "-c:v", "libx264", "-preset", preset, "-profile:v", o.profile,
+        "-b:v", k, "-minrate", k, "-maxrate", k, "-bufsize", k, "-x264-params", "nal-hrd=cbr",
+    ]  # fmt: skip
+
+
 def transcode_segment_args(
     source: str, outputs: Sequence[RungOutput], preset: str, *, exe: str = "ffmpeg",
     threads: int = 0,
@@ -291,12 +300,8 @@ def transcode_segment_args(
         "-i", source, "-filter_complex", ladder_filter(outputs),
     ]  # fmt: skip
     for i, o in enumerate(outputs):
-        k = o.video_kbps
         args += [
-            "-map", f"[v{i}]",
-            "-c:v", "libx264", "-preset", preset, "-profile:v", o.profile,
-            "-b:v", f"{k}k", "-minrate", f"{k}k", "-maxrate", f"{k}k", "-bufsize", f"{k}k",
-            "-x264-params", "nal-hrd=cbr",
+            "-map", f"[v{i}]", *x264_cbr_args(o, preset),
             "-force_key_frames", "expr:eq(n,0)", "-g", "100000", "-sc_threshold", "0",
             "-fps_mode", "passthrough",
         ]  # fmt: skip
@@ -317,12 +322,8 @@ def transcode_continuous_args(
     args = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", source,
             "-filter_complex", ladder_filter(outputs)]  # fmt: skip
     for i, o in enumerate(outputs):
-        k = o.video_kbps
         args += [
-            "-map", f"[v{i}]",
-            "-c:v", "libx264", "-preset", preset, "-profile:v", o.profile,
-            "-b:v", f"{k}k", "-minrate", f"{k}k", "-maxrate", f"{k}k", "-bufsize", f"{k}k",
-            "-x264-params", "nal-hrd=cbr",
+            "-map", f"[v{i}]", *x264_cbr_args(o, preset),
             "-g", str(gop_frames), "-keyint_min", str(gop_frames), "-sc_threshold", "0",
             "-fps_mode", "passthrough",
             "-f", "mp4", "-movflags", "+frag_keyframe+empty_moov+default_base_moof",

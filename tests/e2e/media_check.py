@@ -60,3 +60,39 @@ def decode_segment(name: str, init: bytes, segment: bytes) -> SegmentReport:
     report.errors += [msg for level, _name, msg in logs if level <= av.logging.ERROR]
     report.audio.sort()
     return report
+
+
+AAC_FRAME = 1024 / 48000
+
+
+def fetch_segments(base: str, playlist: object, *, video: bool = True) -> list[tuple[object, bytes, SegmentReport]]:
+    """Download and decode every segment a playlist lists: each decodes cleanly,
+    and (for video) starts with a keyframe. Returns (segment, bytes, report)."""
+    import httpx
+
+    segments = playlist.segments  # type: ignore[attr-defined]
+    init = httpx.get(f"{base}/{segments[0].init_section.uri}").content
+    out = []
+    for seg in segments:
+        data = httpx.get(f"{base}/{seg.uri}").content
+        rep = decode_segment(seg.uri, init, data)
+        assert not rep.errors, f"{seg.uri}: {rep.errors}"
+        if video:
+            assert rep.video_pts and rep.first_video_keyframe, f"{seg.uri} does not start with a keyframe"
+        out.append((seg, data, rep))
+    return out
+
+
+def assert_video_continuous(reports: list[SegmentReport], fps: float) -> None:
+    """Each segment's first picture follows the previous segment's last by one frame."""
+    frame = 1 / fps
+    for a, b in zip(reports, reports[1:], strict=False):
+        gap = b.video_start - (a.video_end + frame)
+        assert abs(gap) <= frame + 1e-3, f"video gap/overlap {gap * 1000:.1f} ms before {b.name}"
+
+
+def assert_audio_continuous(reports: list[SegmentReport]) -> None:
+    """Audio runs on across segment boundaries (no gap or overlap beyond one AAC frame)."""
+    for a, b in zip(reports, reports[1:], strict=False):
+        agap = b.audio_start - a.audio_end
+        assert abs(agap) <= AAC_FRAME + 1e-3, f"audio gap/overlap {agap * 1000:.1f} ms before {b.name}"

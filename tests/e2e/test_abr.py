@@ -16,7 +16,13 @@ import m3u8
 import pytest
 
 from tests.conftest import TidecastServer, start_server, wait_for
-from tests.e2e.media_check import SegmentReport, decode_segment
+from tests.e2e.media_check import (
+    AAC_FRAME,
+    SegmentReport,
+    assert_audio_continuous,
+    assert_video_continuous,
+    fetch_segments,
+)
 from tidecast import ffmpeg
 from tidecast.transcode.ladder import DEFAULT_LADDER
 
@@ -61,40 +67,25 @@ def check_rendition(server: TidecastServer, name: str, rendition: str, pl: m3u8.
     maps = {s.init_section.uri for s in pl.segments}
     assert len(maps) == 1, f"{rendition}: expected one init segment, got {maps}"
     assert not any(s.discontinuity for s in pl.segments)
-    init = httpx.get(f"{base}/{pl.segments[0].init_section.uri}").content
     reports = []
-    for seg in pl.segments:
-        data = httpx.get(f"{base}/{seg.uri}").content
-        rep = decode_segment(seg.uri, init, data)
-        assert not rep.errors, f"{seg.uri}: {rep.errors}"
-        assert rep.first_video_keyframe, f"{seg.uri} does not start with a keyframe"
+    for seg, data, rep in fetch_segments(base, pl):
         assert rep.height == height, f"{seg.uri}: height {rep.height} != {height}"
         if seg is not pl.segments[-1]:  # the last one may be short
             video_kbps = len(data) * 8 / seg.duration / 1000  # video-only segments
             assert abs(video_kbps - kbps) <= 0.25 * kbps, f"{seg.uri}: {video_kbps:.0f} kb/s vs {kbps}"
         reports.append(rep)
-    frame = 1 / FPS
-    for a, b in zip(reports, reports[1:], strict=False):
-        gap = b.video_start - (a.video_end + frame)
-        assert abs(gap) <= frame + 1e-3, f"{rendition}: video gap {gap * 1000:.1f} ms before {b.name}"
+    assert_video_continuous(reports, FPS)
     return reports
 
 
-AFRAME = 1024 / 48000
 
 
 def check_audio(server: TidecastServer, name: str, pl: m3u8.M3U8) -> list[SegmentReport]:
     """The shared audio rendition: complete, continuous, sample-exact."""
     base = f"{server.http}/hls/{name}"
-    init = httpx.get(f"{base}/{pl.segments[0].init_section.uri}").content
-    reports = []
-    for seg in pl.segments:
-        rep = decode_segment(seg.uri, init, httpx.get(f"{base}/{seg.uri}").content)
-        assert not rep.errors and rep.audio and not rep.video_pts, seg.uri
-        reports.append(rep)
-    for a, b in zip(reports, reports[1:], strict=False):
-        agap = b.audio_start - a.audio_end
-        assert abs(agap) <= AFRAME + 1e-3, f"audio gap {agap * 1000:.1f} ms before {b.name}"
+    reports = [rep for _, _, rep in fetch_segments(base, pl, video=False)]
+    assert all(r.audio and not r.video_pts for r in reports)
+    assert_audio_continuous(reports)
     return reports
 
 
@@ -103,7 +94,7 @@ def check_sync(video: list[SegmentReport], audio: list[SegmentReport]) -> None:
     assert len(video) == len(audio)
     for v, a in zip(video, audio, strict=True):
         drift = a.audio_start - v.video_start
-        assert abs(drift) <= AFRAME + 1e-3, f"{v.name}: A/V drift {drift * 1000:.1f} ms"
+        assert abs(drift) <= AAC_FRAME + 1e-3, f"{v.name}: A/V drift {drift * 1000:.1f} ms"
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tidecast.media.bits import BitReader
 from tidecast.media.errors import MediaError
 from tidecast.media.frames import AudioConfig
 
@@ -65,48 +66,14 @@ class AscInfo:
         return f"mp4a.40.{self.audio_object_type}"
 
 
-class _BitReader:
-    """MSB-first bit reader with bounds checks."""
-
-    __slots__ = ("_value", "_total", "_pos")
-
-    def __init__(self, data: bytes) -> None:
-        self._value = int.from_bytes(data, "big")
-        self._total = len(data) * 8
-        self._pos = 0
-
-    @property
-    def pos(self) -> int:
-        return self._pos
-
-    @property
-    def bits_left(self) -> int:
-        return self._total - self._pos
-
-    def u(self, n: int, field: str) -> int:
-        if n == 0:
-            return 0
-        if self._pos + n > self._total:
-            raise MediaError(f"AudioSpecificConfig truncated while reading {field}")
-        shift = self._total - self._pos - n
-        self._pos += n
-        return (self._value >> shift) & ((1 << n) - 1)
-
-    def peek(self, n: int) -> int:
-        saved = self._pos
-        value = self.u(n, "sync extension")
-        self._pos = saved
-        return value
-
-
-def _object_type(r: _BitReader, field: str) -> int:
+def _object_type(r: BitReader, field: str) -> int:
     aot = r.u(5, field)
     if aot == 31:
         aot = 32 + r.u(6, f"{field} (escape)")
     return aot
 
 
-def _sampling_frequency(r: _BitReader, field: str) -> int:
+def _sampling_frequency(r: BitReader, field: str) -> int:
     index = r.u(4, f"{field} index")
     if index == 0x0F:
         rate = r.u(24, f"explicit {field}")
@@ -118,7 +85,7 @@ def _sampling_frequency(r: _BitReader, field: str) -> int:
     return SAMPLING_FREQUENCIES[index]
 
 
-def _program_config_channels(r: _BitReader) -> int:
+def _program_config_channels(r: BitReader) -> int:
     """Parse a program_config_element() and return its output channel count."""
     r.u(4, "PCE element_instance_tag")
     r.u(2, "PCE object_type")
@@ -159,7 +126,7 @@ def parse_asc_info(asc: bytes) -> AscInfo:
     """Parse an AudioSpecificConfig into an :class:`AscInfo`."""
     if len(asc) < 2:
         raise MediaError(f"AudioSpecificConfig too short ({len(asc)} bytes)")
-    r = _BitReader(asc)
+    r = BitReader(asc, "AudioSpecificConfig")
     aot = _object_type(r, "audioObjectType")
     if aot == 0:
         raise MediaError("AudioSpecificConfig: audioObjectType 0 (null object) is invalid")
@@ -216,13 +183,13 @@ def parse_asc_info(asc: bytes) -> AscInfo:
         r.u(2, "epConfig")
 
     # Backward-compatible (implicit) SBR / PS signalling via a sync extension.
-    if not sbr and r.bits_left >= 16 and r.peek(11) == _SYNC_SBR:
+    if not sbr and r.bits_left >= 16 and r.peek(11, "sync extension") == _SYNC_SBR:
         r.u(11, "syncExtensionType")
         ext_aot = _object_type(r, "extensionAudioObjectType")
         if ext_aot == AOT_SBR and r.u(1, "sbrPresentFlag"):
             sbr = True
             ext_rate = _sampling_frequency(r, "extensionSamplingFrequency")
-            if r.bits_left >= 12 and r.peek(11) == _SYNC_PS:
+            if r.bits_left >= 12 and r.peek(11, "sync extension") == _SYNC_PS:
                 r.u(11, "syncExtensionType")
                 ps = r.u(1, "psPresentFlag") == 1
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tidecast.media.bits import BitReader
 from tidecast.media.errors import MediaError
 from tidecast.media.frames import VideoConfig
 
@@ -84,52 +85,6 @@ class SpsInfo:
         return avc_codec_string(self.profile_idc, self.constraint_flags, self.level_idc)
 
 
-class _BitReader:
-    """MSB-first bit reader over an RBSP with exp-Golomb support and bounds checks."""
-
-    __slots__ = ("_value", "_total", "_pos", "_what")
-
-    def __init__(self, data: bytes, what: str) -> None:
-        self._value = int.from_bytes(data, "big")
-        self._total = len(data) * 8
-        self._pos = 0
-        self._what = what
-
-    @property
-    def bits_left(self) -> int:
-        return self._total - self._pos
-
-    def u(self, n: int, field: str) -> int:
-        """Read an ``n``-bit unsigned integer."""
-        if n == 0:
-            return 0
-        if self._pos + n > self._total:
-            raise MediaError(f"{self._what} truncated while reading {field}")
-        shift = self._total - self._pos - n
-        self._pos += n
-        return (self._value >> shift) & ((1 << n) - 1)
-
-    def flag(self, field: str) -> bool:
-        return self.u(1, field) == 1
-
-    def ue(self, field: str, maximum: int | None = None) -> int:
-        """Read an unsigned exp-Golomb code (``ue(v)``), optionally range-checked."""
-        zeros = 0
-        while self.u(1, field) == 0:
-            zeros += 1
-            if zeros > 31:
-                raise MediaError(f"{self._what}: invalid exp-Golomb code for {field}")
-        value = (1 << zeros) - 1 + self.u(zeros, field)
-        if maximum is not None and value > maximum:
-            raise MediaError(f"{self._what}: {field} = {value} is out of range (max {maximum})")
-        return value
-
-    def se(self, field: str) -> int:
-        """Read a signed exp-Golomb code (``se(v)``)."""
-        k = self.ue(field)
-        return (k + 1) // 2 if k % 2 else -(k // 2)
-
-
 def unescape_rbsp(data: bytes) -> bytes:
     """Remove emulation-prevention bytes: every ``00 00 03`` becomes ``00 00``."""
     if b"\x00\x00\x03" not in data:
@@ -157,7 +112,7 @@ def avc_codec_string(profile_idc: int, constraint_flags: int, level_idc: int) ->
     return f"avc1.{profile_idc:02x}{constraint_flags:02x}{level_idc:02x}"
 
 
-def _skip_scaling_list(reader: _BitReader, size: int, index: int) -> None:
+def _skip_scaling_list(reader: BitReader, size: int, index: int) -> None:
     """Consume one ``scaling_list()`` (H.264 §7.3.2.1.1.1)."""
     last_scale = 8
     next_scale = 8
@@ -185,7 +140,7 @@ def parse_sps(nal: bytes) -> SpsInfo:
         raise MediaError("SPS NAL unit has forbidden_zero_bit set")
     if header & 0x1F != NAL_SPS:
         raise MediaError(f"expected an SPS NAL unit (type 7), got type {header & 0x1F}")
-    r = _BitReader(unescape_rbsp(nal[1:]), "SPS")
+    r = BitReader(unescape_rbsp(nal[1:]), "SPS")
 
     profile_idc = r.u(8, "profile_idc")
     constraint_flags = r.u(8, "constraint flags")

@@ -13,7 +13,7 @@
   document.getElementById("title").textContent = name;
   document.title = name + " — tidecast";
 
-  const player = { state: "offline", hls: null, errors: [], levelSwitches: [] };
+  const player = { state: "offline", hls: null, errors: [], levelSwitches: [], stalls: [] };
   window.tidecastPlayer = player;
 
   function setState(s) {
@@ -81,6 +81,7 @@
       droppedFrames: q ? q.droppedVideoFrames : 0,
       decodedFrames: q ? q.totalVideoFrames : 0,
       currentTime: +video.currentTime.toFixed(2),
+      stalledMs: stalledAt === null ? 0 : Math.round(performance.now() - stalledAt),
     };
   }
   player.stats = stats;
@@ -154,7 +155,18 @@
     hls.attachMedia(video);
   }
 
-  video.addEventListener("playing", () => setState("playing"));
+  // stalls while playing: how long the picture froze waiting for data
+  let stalledAt = null;
+  video.addEventListener("waiting", () => {
+    if (player.state === "playing" && stalledAt === null) stalledAt = performance.now();
+  });
+  video.addEventListener("playing", () => {
+    if (stalledAt !== null) {
+      player.stalls.push({ at: Date.now(), ms: Math.round(performance.now() - stalledAt) });
+      stalledAt = null;
+    }
+    setState("playing");
+  });
   video.addEventListener("ended", () => {
     destroy();
     setState("offline");
