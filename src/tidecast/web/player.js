@@ -119,8 +119,12 @@
     }
     const hls = new Hls({
       lowLatencyMode: true,
-      liveSyncDurationCount: 2,
-      liveMaxLatencyDurationCount: 5,
+      // 3 segments behind the live edge: enough buffer to switch down on a
+      // sudden bandwidth drop without a visible stall (about 6 s with 2 s segments)
+      liveSyncDurationCount: 3,
+      liveMaxLatencyDurationCount: 6,
+      abrEwmaFastLive: 2.0,
+      abrBandWidthFactor: 0.9,
       maxLiveSyncPlaybackRate: 1.1,
       backBufferLength: 30,
       capLevelToPlayerSize: true,
@@ -134,6 +138,21 @@
     hls.on(Hls.Events.MANIFEST_PARSED, () => {
       fillQualityMenu(hls);
       video.play().catch((e) => player.errors.push("play: " + e));
+    });
+    // A stream that has just gone live lists only a segment or two: starting now
+    // would pin playback to the live edge with almost no buffer, and the first
+    // bandwidth drop would stall. Wait until the playlist holds enough segments
+    // for the configured distance from the live edge.
+    hls.once(Hls.Events.LEVEL_LOADED, (_e, data) => {
+      const d = data.details;
+      const need = hls.config.liveSyncDurationCount + 1;
+      if (d.live && d.fragments.length < need) {
+        const waitMs = (need - d.fragments.length) * d.targetduration * 1000;
+        player.deferredStartMs = waitMs;
+        destroy();
+        setState("loading");
+        setTimeout(() => { if (!player.hls) start(); }, waitMs);
+      }
     });
     hls.on(Hls.Events.LEVEL_SWITCHED, (_e, data) => {
       player.levelSwitches.push({ level: data.level, at: Date.now() });
