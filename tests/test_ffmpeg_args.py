@@ -55,3 +55,29 @@ def test_clock_overlay_is_burnt_in_when_asked() -> None:
     args = ffmpeg.test_pattern_input_args(p)
     vf = args[args.index("-vf") + 1]
     assert vf.startswith("drawtext=fontfile=/f.ttf:") and "localtime" in vf
+
+
+async def test_a_hung_ffmpeg_is_killed_after_its_timeout() -> None:
+    import time
+
+    exe = ffmpeg.ffmpeg_exe()
+    # an endless real-time source: never finishes on its own
+    args = [exe, "-hide_banner", "-nostdin", "-re", "-f", "lavfi", "-i", "testsrc2=size=64x64:rate=10",
+            "-f", "null", "-"]  # fmt: skip
+    t0 = time.monotonic()
+    proc = await ffmpeg.spawn(args, "hang")
+    try:
+        await proc.wait(timeout=1.0)
+    except ffmpeg.FFmpegError as exc:
+        assert "hung" in str(exc)
+    else:
+        raise AssertionError("a hung ffmpeg was not reported")
+    assert proc.proc.returncode is not None  # it is gone, not orphaned
+    assert time.monotonic() - t0 < 6
+
+
+async def test_ffmpeg_failure_reports_its_stderr() -> None:
+    import pytest
+
+    with pytest.raises(ffmpeg.FFmpegError, match="exited with"):
+        await ffmpeg.run([ffmpeg.ffmpeg_exe(), "-hide_banner", "-i", "/nonexistent/input.mp4", "-f", "null", "-"], 10)

@@ -176,16 +176,20 @@ def test_a_job_that_always_fails_becomes_a_gap(media: Path, tmp_path: Path) -> N
     source = render(media, 854, 480, 16)
     server = start_server(
         tmp_path / "data", "--reconnect-grace", "0", "--playlist-window", "40",
-        env={"TIDECAST_LADDER": "default", "TIDECAST_FAULT_FAIL": "3", "TIDECAST_TRANSCODE_ATTEMPTS": "3"},
+        env={"TIDECAST_LADDER": "default", "TIDECAST_FAULT_FAIL": "3", "TIDECAST_TRANSCODE_ATTEMPTS": "3",
+             "TIDECAST_SOURCE_RENDITION": "1"},
     )  # fmt: skip
     try:
         key = server.create_stream("gap")
         pub = publish_file(server, key, source)
         assert pub.wait(timeout=60) == 0
         master, playlists = ended_playlists(server, "gap")
-        # a 480p source: no upscaled rungs
-        assert sorted(playlists) == ["240p", "480p"]
+        # a 480p source: no upscaled rungs; the untouched source is offered too
+        assert sorted(playlists) == ["240p", "480p", "source"]
         assert all(p.stream_info.resolution[1] <= 480 for p in master.playlists)
+        source_info = next(p.stream_info for p in master.playlists if p.uri == "source.m3u8")
+        assert source_info.codecs.count("mp4a") == 1 and source_info.audio == "audio"
+        assert not any("#EXT-X-GAP" in s.dumps(None) for s in playlists.pop("source").segments)
         for name, pl in playlists.items():
             gaps = [i for i, s in enumerate(pl.segments) if "#EXT-X-GAP" in s.dumps(None)]
             assert gaps == [3], f"{name}: gaps at {gaps}"

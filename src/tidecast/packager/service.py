@@ -310,11 +310,14 @@ class Packager:
             if n == "audio":
                 continue
             v = st.renditions[n].variant()
-            if audio is not None:  # video-only rendition + the shared audio rendition
+            if audio is not None:
                 a = audio.variant()
-                v = replace(v, bandwidth=v.bandwidth + a.bandwidth,
-                            average_bandwidth=v.average_bandwidth + a.average_bandwidth,
-                            codecs=f"{v.codecs},{a.codecs}", audio_group="audio")  # fmt: skip
+                if a.codecs in v.codecs.split(","):  # the source: its own audio is muxed in
+                    v = replace(v, audio_group="audio")
+                else:  # a video-only rendition plays with the shared audio rendition
+                    v = replace(v, bandwidth=v.bandwidth + a.bandwidth,
+                                average_bandwidth=v.average_bandwidth + a.average_bandwidth,
+                                codecs=f"{v.codecs},{a.codecs}", audio_group="audio")  # fmt: skip
             variants.append(v)
         text = render_multivariant(variants, AudioRendition("audio.m3u8") if audio else None)
         if text != st.master_text:
