@@ -31,8 +31,8 @@ class Settings:
     # 127.0.0.1 when binding every interface)
     public_host: str | None = None
     segment_target: float = 2.0  # seconds; cut at the first keyframe at or after this
-    playlist_window: int = 6  # segments kept in a live media playlist
-    reconnect_grace: float = 10.0  # seconds a broadcast waits for its publisher to return
+    playlist_window: int = 900  # segments in a live playlist: the DVR window (30 min at 2 s)
+    reconnect_grace: float = 30.0  # seconds a broadcast waits for its publisher to return
     rtmp_app: str = "live"
     ladder: str = "default"  # "default", "none" (source only) or "1080:6000,720:3500,..."
     source_rendition: bool = False  # also list the untouched source next to the ladder
@@ -51,8 +51,8 @@ class Settings:
             raise ConfigError(
                 f"segment_target must be between 0.5 and 30 seconds, got {self.segment_target}"
             )
-        if not 3 <= self.playlist_window <= 1000:
-            raise ConfigError(f"playlist_window must be 3..1000, got {self.playlist_window}")
+        if not 3 <= self.playlist_window <= 20000:
+            raise ConfigError(f"playlist_window must be 3..20000, got {self.playlist_window}")
         if self.x264_preset not in X264_PRESETS:
             raise ConfigError(f"x264_preset must be one of {', '.join(X264_PRESETS)}")
         if not 0 <= self.workers <= 256 or not 1 <= self.transcode_attempts <= 20:

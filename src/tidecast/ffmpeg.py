@@ -330,3 +330,18 @@ def transcode_continuous_args(
             o.path,
         ]  # fmt: skip
     return args
+
+
+def poster_args(source: str, out: str, width: int = 640, exe: str = "ffmpeg") -> list[str]:
+    """One JPEG frame (the first picture of a segment) as a poster thumbnail."""
+    return [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", source,
+            "-frames:v", "1", "-vf", f"scale={width}:-2", "-q:v", "4", out]  # fmt: skip
+
+
+def remux_mp4_args(video_list: str, audio_list: str | None, out: str, exe: str = "ffmpeg") -> list[str]:
+    """Recorded CMAF pieces (ffmpeg concat lists) -> one progressive MP4, no re-encoding."""
+    args = [exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+            "-f", "concat", "-safe", "0", "-i", video_list]  # fmt: skip
+    if audio_list:
+        args += ["-f", "concat", "-safe", "0", "-i", audio_list, "-map", "0:v:0", "-map", "1:a:0"]
+    return [*args, "-c", "copy", "-movflags", "+faststart", out]

@@ -67,16 +67,31 @@ class BroadcastStarted(Message):
     height: int = 0
     audio_codec: str = ""
     frame_rate: float = 0.0
+    part: int = 0  # 0 for a new broadcast; n for the n-th reconnect within the grace period
 
 
 @message
 class BroadcastEnded(Message):
+    """A publisher session ended; the broadcast may still resume within the grace period."""
+
     kind: ClassVar[str] = "broadcast.ended"
     stream: str
     broadcast: str
     ended_at: float
     reason: str = "unpublished"
     segments: int = 0  # source segments the broadcast produced (sequences 0..segments-1)
+    part: int = 0
+
+
+@message
+class BroadcastFinished(Message):
+    """The broadcast is over for good (no reconnect within the grace period, or shutdown)."""
+
+    kind: ClassVar[str] = "broadcast.finished"
+    stream: str
+    broadcast: str
+    ended_at: float
+    reason: str
 
 
 @message
@@ -105,6 +120,7 @@ class SegmentReady(Message):
     timings: dict[str, float] = field(default_factory=dict)
     renditions: tuple[str, ...] = ()  # every rendition made from the same source segment
     gap: bool = False  # could not be produced: list it as EXT-X-GAP
+    part: int = 0  # publisher session within the broadcast (a reconnect starts a new part)
 
 
 @message
@@ -127,6 +143,7 @@ class TranscodeJob(Message):
     preset: str = "veryfast"
     first_frame_arrival: float = 0.0
     stored_at: float = 0.0
+    part: int = 0
 
 
 @message

@@ -23,11 +23,13 @@ import uvicorn
 
 from tidecast.bus.memory import MemoryBus
 from tidecast.config import Settings
+from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database, NewStream
 from tidecast.ingest.rtmp.server import RTMPServer
 from tidecast.ingest.sessions import PublishGate
 from tidecast.origin.app import AppContext, create_app
 from tidecast.packager.service import Packager
+from tidecast.recorder.service import Recorder
 from tidecast.segmenter.service import SegmenterService
 from tidecast.store.local import LocalStore
 from tidecast.transcode.coordinator import TranscodeCoordinator
@@ -78,34 +80,37 @@ class Node:
         self.segmenter = SegmenterService(
             self.store, self.bus, settings.segment_target, rungs, settings.x264_preset
         )
+        self.recordings = Recordings(self.db)
+        self.recorder = Recorder(self.store, self.recordings)
         self.packager = Packager(
             self.store, self.bus, window=settings.playlist_window,
-            target_duration=settings.segment_target, reconnect_grace=settings.reconnect_grace,
-            include_source=settings.source_rendition or not rungs,
+            target_duration=settings.segment_target,
+            include_source=settings.source_rendition or not rungs, recorder=self.recorder,
         )  # fmt: skip
         self.transcoder = (
             TranscodeCoordinator(self.bus, self.store.root, workers=settings.workers,
                                  max_attempts=settings.transcode_attempts)
             if rungs else None
         )  # fmt: skip
-        self.gate = PublishGate(self.db, self.segmenter)
+        self.gate = PublishGate(self.db, self.segmenter, self.bus, settings.reconnect_grace)
         self.rtmp = RTMPServer(
             self.gate, settings.host, settings.rtmp_port, settings.rtmp_app,
             handshake_timeout=settings.rtmp_handshake_timeout,
             idle_timeout=settings.rtmp_idle_timeout,
         )  # fmt: skip
         self.app = create_app(
-            AppContext(settings, self.db, self.gate, self.admin_token, time.time(), self.transcoder)
+            AppContext(settings, self.db, self.gate, self.admin_token, time.time(), self.transcoder,
+                       self.recorder)  # fmt: skip
         )
         self._http: uvicorn.Server | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self._http_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
 
     async def start(self) -> None:
-        closed = self.db.close_open_broadcasts("server restarted")
-        if closed:
-            log.info("marked %d broadcasts left open by an earlier run as ended", closed)
+        await self.recorder.recover()  # broadcasts a crash left open become VOD
         await self.packager.start()
+        self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
         if self.transcoder is not None:
             await self.transcoder.start()
         sock = _bind(self.settings.host, self.settings.http_port)
@@ -124,8 +129,18 @@ class Node:
         await self.rtmp.start()
         log.info("HTTP origin listening on %s:%d", self.settings.host, self.http_port)
 
+    async def _retention_loop(self, every: float = 600.0) -> None:
+        while True:
+            try:
+                await self.recorder.apply_retention({s.broadcast for s in self.gate.live.values()})
+            except Exception:
+                log.exception("retention sweep failed; trying again later")
+            await asyncio.sleep(every)
+
     async def aclose(self) -> None:
         log.info("shutting down")
+        if self._retention_task is not None:
+            self._retention_task.cancel()
         await self.rtmp.aclose()  # closes publishers: gate finishes their broadcasts
         await self.gate.aclose()
         await self.segmenter.aclose()

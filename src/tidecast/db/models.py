@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -41,6 +41,9 @@ class Stream(Base):
     title: Mapped[str] = mapped_column(String(200), default="")
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    recording: Mapped[bool] = mapped_column(Boolean, default=True)
+    retention_mode: Mapped[str] = mapped_column(String(10), default="forever")  # forever|days|count
+    retention_value: Mapped[int] = mapped_column(Integer, default=0)
     broadcasts: Mapped[list[Broadcast]] = relationship(back_populates="stream")
 
 
@@ -52,4 +55,49 @@ class Broadcast(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     end_reason: Mapped[str] = mapped_column(String(40), default="")
+    title: Mapped[str] = mapped_column(String(200), default="")
+    parts: Mapped[int] = mapped_column(Integer, default=1)  # publisher sessions (reconnects + 1)
+    duration: Mapped[float] = mapped_column(Float, default=0.0)
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    renditions: Mapped[str] = mapped_column(String(200), default="")  # comma-separated
+    recorded: Mapped[bool] = mapped_column(Boolean, default=True)
+    vod_ready: Mapped[bool] = mapped_column(Boolean, default=False)
     stream: Mapped[Stream] = relationship(back_populates="broadcasts")
+
+
+class RecordedSegment(Base):
+    """One listed segment of one rendition: enough to rebuild every VOD playlist."""
+
+    __tablename__ = "segments"
+    __table_args__ = (UniqueConstraint("broadcast_id", "rendition", "sequence"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    broadcast_id: Mapped[str] = mapped_column(ForeignKey("broadcasts.id"), index=True)
+    rendition: Mapped[str] = mapped_column(String(40))
+    sequence: Mapped[int] = mapped_column(Integer)
+    part: Mapped[int] = mapped_column(Integer, default=0)
+    start: Mapped[float] = mapped_column(Float)  # media time, seconds
+    duration: Mapped[float] = mapped_column(Float)
+    init_key: Mapped[str] = mapped_column(String(300))
+    segment_key: Mapped[str] = mapped_column(String(300))
+    size: Mapped[int] = mapped_column(Integer)
+    gap: Mapped[bool] = mapped_column(Boolean, default=False)
+    codecs: Mapped[str] = mapped_column(String(100), default="")
+    width: Mapped[int] = mapped_column(Integer, default=0)
+    height: Mapped[int] = mapped_column(Integer, default=0)
+    frame_rate: Mapped[float] = mapped_column(Float, default=0.0)
+    program_date_time: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Clip(Base):
+    """A time range of a broadcast, played on its own (no re-encode: whole segments)."""
+
+    __tablename__ = "clips"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    broadcast_id: Mapped[str] = mapped_column(ForeignKey("broadcasts.id"), index=True)
+    title: Mapped[str] = mapped_column(String(200), default="")
+    first_sequence: Mapped[int] = mapped_column(Integer)
+    last_sequence: Mapped[int] = mapped_column(Integer)
+    duration: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

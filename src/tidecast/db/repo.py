@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tidecast.db.models import Base, Broadcast, Stream
+from tidecast.db.models import Base, Stream
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -118,29 +118,6 @@ class Database:
         with self.session() as s:
             row = s.scalar(select(Stream).where(Stream.key_hash == hash_key(key)))
             return _info(row) if row else None
-
-    def start_broadcast(self, stream_id: int, broadcast_id: str, started_at: datetime) -> None:
-        with self.session() as s:
-            s.add(Broadcast(id=broadcast_id, stream_id=stream_id, started_at=started_at))
-            s.commit()
-
-    def end_broadcast(self, broadcast_id: str, ended_at: datetime, reason: str) -> None:
-        with self.session() as s:
-            row = s.get(Broadcast, broadcast_id)
-            if row is not None and row.ended_at is None:
-                row.ended_at = ended_at
-                row.end_reason = reason
-                s.commit()
-
-    def close_open_broadcasts(self, reason: str) -> int:
-        """Mark broadcasts left open by a previous run (a crash) as ended."""
-        with self.session() as s:
-            rows = list(s.scalars(select(Broadcast).where(Broadcast.ended_at.is_(None))))
-            for row in rows:
-                row.ended_at = _now()
-                row.end_reason = reason
-            s.commit()
-            return len(rows)
 
     def close(self) -> None:
         self.engine.dispose()

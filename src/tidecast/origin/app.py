@@ -23,6 +23,8 @@ from tidecast.config import Settings
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
 from tidecast.ingest.sessions import PublishGate
 from tidecast.origin import files
+from tidecast.origin.recordings import recordings_router, video_pages
+from tidecast.recorder.service import Recorder
 from tidecast.transcode.coordinator import TranscodeCoordinator
 
 log = logging.getLogger("tidecast.origin")
@@ -52,6 +54,7 @@ class AppContext:
     admin_token: str
     started_at: float
     transcoder: TranscodeCoordinator | None = None
+    recorder: Recorder | None = None
 
 
 # ---------------------------------------------------------------- API models
@@ -160,6 +163,9 @@ def create_app(ctx: AppContext) -> FastAPI:
         )  # fmt: skip
 
     app.include_router(api)
+    if ctx.recorder is not None:
+        app.include_router(recordings_router(ctx.recorder, ctx.gate, require_admin))
+        app.include_router(video_pages(ctx.recorder, WEB_DIR))
 
     # ------------------------------------------------------------ HLS objects
     @app.api_route("/hls/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
@@ -209,7 +215,8 @@ def create_app(ctx: AppContext) -> FastAPI:
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
-        allowed = {"player.js": "text/javascript", "style.css": "text/css", "index.js": "text/javascript"}
+        allowed = {"player.js": "text/javascript", "style.css": "text/css", "index.js": "text/javascript",
+                   "videos.js": "text/javascript"}  # fmt: skip
         if name in allowed:
             return FileResponse(WEB_DIR / name, media_type=allowed[name],
                                 headers={"cache-control": "no-cache"})  # fmt: skip

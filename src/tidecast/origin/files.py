@@ -31,6 +31,7 @@ MEDIA_TYPES = {
     ".mpd": "application/dash+xml",
     ".vtt": "text/vtt; charset=utf-8",
     ".json": "application/json",
+    ".jpg": "image/jpeg",
 }
 PLAYLIST_TYPES = {".m3u8", ".mpd"}
 IMMUTABLE = "public, max-age=31536000, immutable"

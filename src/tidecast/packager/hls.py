@@ -43,6 +43,7 @@ class MediaPlaylist:
         self.segments: deque[PlaylistSegment] = deque()
         self.discontinuity_sequence = 0
         self.ended = False
+        self.playlist_type: str | None = None  # "VOD" for a finished recording
 
     @property
     def media_sequence(self) -> int:
@@ -73,6 +74,8 @@ class MediaPlaylist:
             f"#EXT-X-TARGETDURATION:{self.target_duration}",
             f"#EXT-X-MEDIA-SEQUENCE:{self.media_sequence}",
         ]
+        if self.playlist_type:
+            lines.append(f"#EXT-X-PLAYLIST-TYPE:{self.playlist_type}")
         if self.discontinuity_sequence:
             lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{self.discontinuity_sequence}")
         lines.append("#EXT-X-INDEPENDENT-SEGMENTS")

@@ -22,9 +22,10 @@ import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from tidecast.bus.base import Bus, Subscription
-from tidecast.messages import BroadcastEnded, BroadcastStarted, SegmentReady
+from tidecast.messages import BroadcastEnded, BroadcastFinished, BroadcastStarted, SegmentReady
 from tidecast.packager.hls import (
     AudioRendition,
     MediaPlaylist,
@@ -72,8 +73,8 @@ class RenditionState:
 @dataclass(slots=True)
 class BroadcastTimeline:
     msn_base: int
-    pdt_anchor: float | None = None  # wall clock of media time 0
-    segments: int | None = None  # known once the broadcast ended
+    anchors: dict[int, float] = field(default_factory=dict)  # part -> wall clock of media time 0
+    segments: int | None = None  # known once the publisher session ended
 
 
 @dataclass(slots=True)
@@ -83,27 +84,35 @@ class StreamState:
     broadcasts: dict[str, BroadcastTimeline] = field(default_factory=dict)
     current: str | None = None
     next_msn: int = 0
-    end_timer: asyncio.TimerHandle | None = None
     ended: bool = False
     master_text: str = ""
     expected: set[str] = field(default_factory=set)  # renditions the current broadcast makes
     end_pending: bool = False  # the grace is over; end once every rendition has caught up
+    finishing: str | None = None  # the broadcast being finished
 
 
 PublishedHook = Callable[[SegmentReady, float], None]
 
 
+class SegmentRecorder(Protocol):
+    """What the packager needs from the recorder."""
+
+    async def record(self, seg: SegmentReady, program_date_time: float) -> None: ...
+
+    async def finished(self, stream: str, broadcast: str) -> object: ...
+
+
 class Packager:
     def __init__(
         self, store: Store, bus: Bus, *, window: int, target_duration: float,
-        reconnect_grace: float, include_source: bool = True,
+        include_source: bool = True, recorder: SegmentRecorder | None = None,
     ) -> None:  # fmt: skip
         self.include_source = include_source
+        self.recorder = recorder
         self.store = store
         self.bus = bus
         self.window = window
         self.target_duration = target_duration
-        self.reconnect_grace = reconnect_grace
         self.streams: dict[str, StreamState] = {}
         self.hooks: list[PublishedHook] = []
         self._subs: list[Subscription] = []
@@ -133,8 +142,6 @@ class Packager:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for st in self.streams.values():
-            if st.end_timer:
-                st.end_timer.cancel()
             if st.end_pending:
                 await self._end_stream(st, force=True)
 
@@ -156,7 +163,9 @@ class Packager:
                     elif isinstance(msg, BroadcastStarted):
                         self._on_started(msg)
                     elif isinstance(msg, BroadcastEnded):
-                        await self._on_ended(msg)
+                        self._on_ended(msg)
+                    elif isinstance(msg, BroadcastFinished):
+                        await self._on_finished(msg)
             except Exception:
                 log.exception("packager failed on %s", delivery.subject)
             finally:
@@ -171,14 +180,17 @@ class Packager:
 
     def _on_started(self, msg: BroadcastStarted) -> None:
         st = self._stream(msg.stream)
-        if msg.broadcast in st.broadcasts:
+        had_segments = any(r.playlist.segments for r in st.renditions.values())
+        tl = st.broadcasts.get(msg.broadcast)
+        if tl is not None:  # a resumed part of a known broadcast (or a repeated message)
+            if msg.part and tl.segments is not None:
+                tl.segments = None
+                for r in st.renditions.values():
+                    r.discontinuity_next = bool(r.playlist.segments)
+                log.info("%s: broadcast %s resumed (part %d)", msg.stream, msg.broadcast, msg.part)
             return
-        if st.end_timer:
-            st.end_timer.cancel()
-            st.end_timer = None
         st.end_pending = False
         st.broadcasts[msg.broadcast] = BroadcastTimeline(msn_base=st.next_msn)
-        had_segments = any(r.playlist.segments for r in st.renditions.values())
         st.current = msg.broadcast
         st.ended = False
         st.expected = set()
@@ -186,25 +198,17 @@ class Packager:
             r.discontinuity_next = had_segments
         log.info("%s: broadcast %s started", msg.stream, msg.broadcast)
 
-    async def _on_ended(self, msg: BroadcastEnded) -> None:
-        st = self._stream(msg.stream)
-        if st.current != msg.broadcast:
-            return
-        tl = st.broadcasts.get(msg.broadcast)
+    def _on_ended(self, msg: BroadcastEnded) -> None:
+        """The publisher left; the playlists wait (the gate decides when it is over)."""
+        tl = self._stream(msg.stream).broadcasts.get(msg.broadcast)
         if tl is not None:
             tl.segments = msg.segments
-        if msg.reason == "server shutdown" or self.reconnect_grace == 0:
-            await self._end_stream(st)
-            return
-        loop = asyncio.get_running_loop()
-        st.end_timer = loop.call_later(
-            self.reconnect_grace, lambda: asyncio.ensure_future(self._grace_over(st, msg.broadcast))
-        )
 
-    async def _grace_over(self, st: StreamState, broadcast: str) -> None:
-        async with self._lock:
-            if st.current == broadcast and not st.ended:
-                await self._end_stream(st)
+    async def _on_finished(self, msg: BroadcastFinished) -> None:
+        st = self._stream(msg.stream)
+        if st.current == msg.broadcast and not st.ended:
+            st.finishing = msg.broadcast
+            await self._end_stream(st)
 
     def _caught_up(self, st: StreamState) -> bool:
         """Every rendition of the current broadcast has listed its last segment."""
@@ -227,6 +231,12 @@ class Packager:
             r.playlist.end()
             await self.store.put(media_playlist_key(st.name, r.name), r.playlist.render().encode())
         log.info("%s: playlists ended", st.name)
+        if st.finishing and self.recorder is not None:
+            try:
+                await self.recorder.finished(st.name, st.finishing)
+            except Exception:
+                log.exception("%s: could not finish the recording of %s", st.name, st.finishing)
+        st.finishing = None
 
     async def _on_segment(self, msg: SegmentReady) -> None:
         if msg.rendition == "source" and not self.include_source:
@@ -249,7 +259,10 @@ class Packager:
         published = False
         while (msg.broadcast, nxt) in r.pending:
             seg = r.pending.pop((msg.broadcast, nxt))
-            self._append(st, r, timeline, seg)
+            pdt = timeline.anchors.setdefault(seg.part, seg.first_frame_arrival - seg.start) + seg.start
+            if self.recorder is not None:
+                await self.recorder.record(seg, pdt)  # recorded before it is listed
+            self._append(st, r, timeline, seg, pdt)
             nxt += 1
             published = True
         r.next_seq[msg.broadcast] = nxt
@@ -264,10 +277,9 @@ class Packager:
             hook(msg, now)
 
     def _append(
-        self, st: StreamState, r: RenditionState, tl: BroadcastTimeline, seg: SegmentReady
-    ) -> None:
-        if tl.pdt_anchor is None:
-            tl.pdt_anchor = seg.first_frame_arrival - seg.start
+        self, st: StreamState, r: RenditionState, tl: BroadcastTimeline, seg: SegmentReady,
+        pdt: float,
+    ) -> None:  # fmt: skip
         msn = tl.msn_base + seg.sequence
         base = f"hls/{st.name}/"
         init_uri = posixpath.relpath(seg.init_key, base) if seg.init_key else r.last_init
@@ -280,7 +292,7 @@ class Packager:
         r.playlist.append(
             PlaylistSegment(
                 msn=msn, uri=posixpath.relpath(seg.segment_key, base), duration=seg.duration,
-                init_uri=init_uri, program_date_time=tl.pdt_anchor + seg.start,
+                init_uri=init_uri, program_date_time=pdt,
                 discontinuity=discontinuity, gap=seg.gap,
             )
         )  # fmt: skip

@@ -89,7 +89,9 @@ class SourceSegment:
 class Segmenter:
     """Feed it configs and frames; it returns completed segments as they are cut."""
 
-    def __init__(self, target: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, target: float = 2.0, clock: Callable[[], float] = time.time, first_sequence: int = 0
+    ) -> None:
         self.target_ticks = round(target * 0.9 * VIDEO_TIMESCALE)
         self.target = target
         self.clock = clock
@@ -97,7 +99,8 @@ class Segmenter:
         self.audio_config: AudioConfig | None = None
         self.config_generation = 0
         self.expect_video = False
-        self._seq = 0
+        self._seq = first_sequence  # a resumed broadcast continues its numbering
+        self._first_sequence = first_sequence
         self._video: list[MediaFrame] = []  # current segment's video, not yet timed
         self._audio: list[AudioSample] = []
         self._first_arrival = 0.0
@@ -129,7 +132,7 @@ class Segmenter:
 
     def _reconfigure(self) -> list[SourceSegment]:
         """A decoder configuration changes: segments cut so far keep the old one."""
-        started = self._seq > 0 or self._video or self._audio
+        started = self._seq > self._first_sequence or self._video or self._audio
         if not started:
             return []
         out = self._flush_current()

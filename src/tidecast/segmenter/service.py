@@ -32,8 +32,8 @@ def broadcast_prefix(stream: str, broadcast: str) -> str:
     return f"hls/{stream}/{broadcast}"
 
 
-def init_key(stream: str, broadcast: str, rendition: str, generation: int) -> str:
-    return f"{broadcast_prefix(stream, broadcast)}/{rendition}/init{generation}.mp4"
+def init_key(stream: str, broadcast: str, rendition: str, generation: int, part: int = 0) -> str:
+    return f"{broadcast_prefix(stream, broadcast)}/{rendition}/init-p{part}g{generation}.mp4"
 
 
 def segment_key(stream: str, broadcast: str, rendition: str, sequence: int) -> str:
@@ -51,13 +51,15 @@ class BroadcastSegmenter:
     """The sink ingest feeds for one broadcast."""
 
     def __init__(
-        self, service: SegmenterService, stream: str, broadcast: str, started_at: float
-    ) -> None:
+        self, service: SegmenterService, stream: str, broadcast: str, started_at: float,
+        first_sequence: int = 0, part: int = 0,
+    ) -> None:  # fmt: skip
         self.service = service
         self.stream = stream
         self.broadcast = broadcast
         self.started_at = started_at
-        self.core = Segmenter(service.target)
+        self.part = part
+        self.core = Segmenter(service.target, first_sequence=first_sequence)
         self.queue: asyncio.Queue[SourceSegment | None] = asyncio.Queue()
         self.stats = SegmenterStats()
         self._announced = False
@@ -91,7 +93,8 @@ class BroadcastSegmenter:
         await self.writer
         await self.service.bus.publish(
             f"broadcast.{self.stream}",
-            BroadcastEnded(self.stream, self.broadcast, time.time(), reason, self.core.cut_count),
+            BroadcastEnded(self.stream, self.broadcast, time.time(), reason, self.core.cut_count,
+                           self.part),  # fmt: skip
         )
         self.service.active.pop(self.broadcast, None)
         self.log.info(
@@ -124,11 +127,11 @@ class BroadcastSegmenter:
                     self.stream, self.broadcast, self.started_at,
                     video_codec=v.codec if v else "", width=v.width if v else 0,
                     height=v.height if v else 0, audio_codec=a.codec if a else "",
-                    frame_rate=round(seg.frame_rate, 3),
+                    frame_rate=round(seg.frame_rate, 3), part=self.part,
                 ),
             )  # fmt: skip
         gen = seg.config_generation
-        ikey = init_key(self.stream, self.broadcast, SOURCE, gen)
+        ikey = init_key(self.stream, self.broadcast, SOURCE, gen, self.part)
         if gen not in self._stored_inits:
             await store.put(ikey, cmaf.init_segment(seg.video_config, seg.audio_config))
             self._stored_inits.add(gen)
@@ -150,7 +153,7 @@ class BroadcastSegmenter:
                 width=v.width if v else 0, height=v.height if v else 0,
                 frame_rate=round(seg.frame_rate, 3),
                 first_frame_arrival=seg.first_frame_arrival, completed_at=seg.completed_at,
-                stored_at=stored_at,
+                stored_at=stored_at, part=self.part,
             ),
         )  # fmt: skip
         if self.service.ladder and seg.audio and a is not None:
@@ -166,7 +169,7 @@ class BroadcastSegmenter:
                     frame_rate=round(seg.frame_rate, 3), audio_codec=a.codec if a and seg.audio else "",
                     ladder=tuple(r.to_dict() for r in self.service.ladder),
                     preset=self.service.preset, first_frame_arrival=seg.first_frame_arrival,
-                    stored_at=stored_at,
+                    stored_at=stored_at, part=self.part,
                 ),
             )  # fmt: skip
 
@@ -176,7 +179,7 @@ class BroadcastSegmenter:
     ) -> None:
         """With a ladder, audio is its own rendition: copied from the source, shared by all."""
         store = self.service.store
-        ikey = init_key(self.stream, self.broadcast, AUDIO, seg.config_generation)
+        ikey = init_key(self.stream, self.broadcast, AUDIO, seg.config_generation, self.part)
         if ("audio", seg.config_generation) not in self._stored_inits:
             await store.put(ikey, cmaf.init_segment(None, a))
             self._stored_inits.add(("audio", seg.config_generation))
@@ -194,6 +197,7 @@ class BroadcastSegmenter:
                 completed_at=seg.completed_at, stored_at=time.time(),
                 timings={"audio_start": audio_start, "source_stored": source_stored},
                 renditions=renditions,  # the packager waits for all of them before ENDLIST
+                part=self.part,
             ),
         )  # fmt: skip
 
@@ -210,8 +214,10 @@ class SegmenterService:
         self.preset = preset
         self.active: dict[str, BroadcastSegmenter] = {}
 
-    def open(self, stream: str, broadcast: str, started_at: float) -> BroadcastSegmenter:
-        seg = BroadcastSegmenter(self, stream, broadcast, started_at)
+    def open(
+        self, stream: str, broadcast: str, started_at: float, first_sequence: int = 0, part: int = 0
+    ) -> BroadcastSegmenter:
+        seg = BroadcastSegmenter(self, stream, broadcast, started_at, first_sequence, part)
         self.active[broadcast] = seg
         return seg
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -51,6 +52,18 @@ class LocalStore:
 
     async def delete(self, key: str) -> None:
         self.path_for(key).unlink(missing_ok=True)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        base = self.path_for(prefix)
+        if not base.is_dir():
+            return 0
+
+        def remove() -> int:
+            count = sum(1 for p in base.rglob("*") if p.is_file())
+            shutil.rmtree(base)
+            return count
+
+        return await asyncio.to_thread(remove)
 
     async def list(self, prefix: str) -> list[str]:
         base = self.root / prefix if prefix else self.root

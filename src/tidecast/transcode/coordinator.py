@@ -200,7 +200,7 @@ class TranscodeCoordinator:
                     height=o["height"], frame_rate=job.frame_rate,
                     first_frame_arrival=job.first_frame_arrival, stored_at=now,
                     timings={"source_stored": job.stored_at, "encoded": now},
-                    renditions=names,
+                    renditions=names, part=job.part,
                 ),
             )  # fmt: skip
 
@@ -232,6 +232,7 @@ class TranscodeCoordinator:
                     sequence=job.sequence, start=job.start, duration=job.duration,
                     init_key="", segment_key=f"{prefix}/{job.sequence:06d}.m4s", size=0,
                     first_frame_arrival=job.first_frame_arrival, renditions=names, gap=True,
+                    part=job.part,
                 ),
             )  # fmt: skip
         await delivery.ack()

@@ -3,8 +3,10 @@
 // turns into playback by itself when the stream goes live.
 "use strict";
 (function () {
-  const name = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
-  const src = "/hls/" + encodeURIComponent(name) + "/master.m3u8";
+  const parts = location.pathname.split("/").filter(Boolean);
+  const vodMode = parts[0] === "videos"; // /videos/<broadcast or clip id>: a recording
+  const name = decodeURIComponent(parts[parts.length - 1]);
+  let src = "/hls/" + encodeURIComponent(name) + "/master.m3u8";
   const video = document.getElementById("video");
   const offline = document.getElementById("offline");
   const quality = document.getElementById("quality");
@@ -19,7 +21,7 @@
   function setState(s) {
     player.state = s;
     document.body.dataset.state = s;
-    offline.hidden = s === "playing" || s === "loading";
+    offline.hidden = s === "playing" || s === "loading" || (vodMode && s === "ended");
     statusEl.textContent = s === "playing" ? "live" : s;
   }
 
@@ -60,6 +62,17 @@
   document.getElementById("stats-toggle").addEventListener("click", () => {
     statsBox.hidden = !statsBox.hidden;
   });
+  // DVR: viewers may seek back through the live window; "Go live" returns to the edge
+  const goLive = document.getElementById("go-live");
+  goLive.addEventListener("click", () => {
+    const hls = player.hls;
+    if (hls && hls.liveSyncPosition) video.currentTime = hls.liveSyncPosition;
+  });
+  setInterval(() => {
+    const hls = player.hls;
+    const behind = hls && hls.latency && hls.targetLatency ? hls.latency - hls.targetLatency : 0;
+    goLive.hidden = vodMode || !hls || behind < 4;
+  }, 500);
 
   function stats() {
     const hls = player.hls;
@@ -146,7 +159,7 @@
     hls.once(Hls.Events.LEVEL_LOADED, (_e, data) => {
       const d = data.details;
       const need = hls.config.liveSyncDurationCount + 1;
-      if (d.live && d.fragments.length < need) {
+      if (d.live && !vodMode && d.fragments.length < need) {
         const waitMs = (need - d.fragments.length) * d.targetduration * 1000;
         player.deferredStartMs = waitMs;
         destroy();
@@ -168,7 +181,7 @@
       // manifest not there yet, or the stream went away: wait for it to be live
       destroy();
       setState("offline");
-      setTimeout(poll, 2000);
+      setTimeout(vodMode ? openRecording : poll, 2000);
     });
     hls.loadSource(src);
     hls.attachMedia(video);
@@ -187,6 +200,10 @@
     setState("playing");
   });
   video.addEventListener("ended", () => {
+    if (vodMode) {
+      setState("ended");
+      return;
+    }
     destroy();
     setState("offline");
     setTimeout(poll, 2000);
@@ -212,7 +229,7 @@
   // a stream that goes offline while we watch: hls.js sees EXT-X-ENDLIST and
   // the video ends; also watch the API so a stall without ENDLIST is noticed
   setInterval(async () => {
-    if (!player.hls || player.state !== "playing") return;
+    if (vodMode || !player.hls || player.state !== "playing") return;
     try {
       const r = await fetch("/api/v1/streams/" + encodeURIComponent(name));
       if (r.ok && !(await r.json()).live && video.paused) {
@@ -225,6 +242,38 @@
     }
   }, 5000);
 
-  setState("offline");
-  poll();
+  async function openRecording() {
+    // a broadcast (live or VOD) or a clip
+    let r = await fetch("/api/v1/broadcasts/" + encodeURIComponent(name));
+    let info = r.ok ? await r.json() : null;
+    if (!info) {
+      r = await fetch("/api/v1/clips/" + encodeURIComponent(name));
+      info = r.ok ? await r.json() : null;
+    }
+    if (!info) {
+      setState("not found");
+      return;
+    }
+    document.getElementById("title").textContent = info.title || info.stream;
+    document.title = (info.title || info.stream) + " — tidecast";
+    if (info.hls_url) {
+      src = info.hls_url;
+      start();
+    } else if (info.live) {
+      src = "/hls/" + encodeURIComponent(info.stream) + "/master.m3u8"; // still live: DVR
+      start();
+    } else {
+      setState("processing");
+      setTimeout(openRecording, 3000);
+    }
+  }
+
+  player.vod = vodMode;
+  if (vodMode) {
+    setState("loading");
+    openRecording();
+  } else {
+    setState("offline");
+    poll();
+  }
 })();

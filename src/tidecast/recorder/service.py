@@ -1,0 +1,131 @@
+"""Recorder: persists each listed segment, finishes broadcasts into VOD, recovers after
+a crash, deletes by retention policy.
+
+The packager calls ``record`` before it lists a segment (so after a crash every
+listed segment is in the database) and ``finished`` once a broadcast's
+playlists have ended. ``recover`` runs at start-up: broadcasts left open by a
+crash are closed and written out as VOD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tidecast import ffmpeg
+from tidecast.db.recordings import BroadcastInfo, ClipInfo, Recordings, SegmentRow
+from tidecast.messages import SegmentReady
+from tidecast.packager.vod import vod_playlists
+from tidecast.store.local import LocalStore
+
+log = logging.getLogger("tidecast.recorder")
+
+
+def broadcast_dir(stream: str, broadcast: str) -> str:
+    return f"hls/{stream}/{broadcast}"
+
+
+def clip_dir(stream: str, broadcast: str, clip: str) -> str:
+    return f"{broadcast_dir(stream, broadcast)}/clips/{clip}"
+
+
+class Recorder:
+    def __init__(self, store: LocalStore, recordings: Recordings) -> None:
+        self.store = store
+        self.recordings = recordings
+        self._recorded: dict[str, bool] = {}  # broadcast -> recording switched on
+
+    async def _is_recorded(self, broadcast: str) -> bool:
+        if broadcast not in self._recorded:
+            info = await asyncio.to_thread(self.recordings.get, broadcast)
+            self._recorded[broadcast] = info.recorded
+        return self._recorded[broadcast]
+
+    async def record(self, seg: SegmentReady, program_date_time: float) -> None:
+        row = SegmentRow(
+            seg.rendition, seg.sequence, seg.part, seg.start, seg.duration, seg.init_key,
+            seg.segment_key, seg.size, seg.gap, seg.codecs, seg.width, seg.height,
+            seg.frame_rate, program_date_time,
+        )  # fmt: skip
+        # rows are kept even with recording off: they close the broadcast after a crash
+        await asyncio.to_thread(self.recordings.record_segment, seg.broadcast, row)
+
+    async def finished(self, stream: str, broadcast: str) -> BroadcastInfo:
+        info = await asyncio.to_thread(self.recordings.finish, broadcast, datetime.now(UTC), "ended")
+        self._recorded.pop(broadcast, None)
+        if not info.recorded:
+            removed = await self.store.delete_prefix(broadcast_dir(stream, broadcast))
+            log.info("%s: recording is off; removed %d objects of %s", stream, removed, broadcast)
+            return info
+        await self.write_vod(info)
+        return info
+
+    async def write_vod(self, info: BroadcastInfo) -> None:
+        rows = await asyncio.to_thread(self.recordings.segments, info.id)
+        if not rows:
+            return
+        base = broadcast_dir(info.stream, info.id)
+        for key, data in vod_playlists(rows, base).items():
+            await self.store.put(key, data)
+        await self._poster(base, rows)
+        log.info("%s: broadcast %s is VOD (%.1f s, %s)", info.stream, info.id, info.duration,
+                 ", ".join(info.renditions))  # fmt: skip
+
+    async def _poster(self, base: str, rows: list[SegmentRow]) -> None:
+        video = [r for r in rows if r.height and not r.gap]
+        if not video:
+            return
+        top = max(r.height for r in video)
+        segs = [r for r in video if r.height == top]
+        mid = segs[len(segs) // 2]
+        with tempfile.TemporaryDirectory(prefix="tidecast-poster-") as tmp:
+            src = Path(tmp) / "in.mp4"
+            out = Path(tmp) / "poster.jpg"
+            data = await self.store.get(mid.init_key) + await self.store.get(mid.segment_key)
+            await asyncio.to_thread(src.write_bytes, data)
+            try:
+                await ffmpeg.run(ffmpeg.poster_args(str(src), str(out), exe=ffmpeg.ffmpeg_exe()), 30, "poster")
+            except ffmpeg.FFmpegError as exc:
+                log.warning("no poster for %s: %s", base, exc)
+                return
+            await self.store.put(f"{base}/poster.jpg", await asyncio.to_thread(out.read_bytes))
+
+    async def write_clip(self, clip: ClipInfo) -> None:
+        rows = await asyncio.to_thread(self.recordings.segments, clip.broadcast)
+        base = clip_dir(clip.stream, clip.broadcast, clip.id)
+        for key, data in vod_playlists(rows, base, clip.first_sequence, clip.last_sequence).items():
+            await self.store.put(key, data)
+
+    async def recover(self) -> list[str]:
+        """Close broadcasts a crash left open and make them playable as VOD."""
+        recovered = []
+        for bid in await asyncio.to_thread(self.recordings.open_broadcasts):
+            last = await asyncio.to_thread(self.recordings.last_segment_time, bid)
+            ended = datetime.fromtimestamp(last, UTC) if last else datetime.now(UTC)
+            info = await asyncio.to_thread(self.recordings.finish, bid, ended, "recovered after a restart")
+            if info.recorded:
+                await self.write_vod(info)
+            recovered.append(bid)
+            log.warning("%s: broadcast %s was left open; closed and kept as VOD", info.stream, bid)
+        return recovered
+
+    async def delete(self, broadcast: str) -> int:
+        info = await asyncio.to_thread(self.recordings.get, broadcast)
+        removed = await self.store.delete_prefix(broadcast_dir(info.stream, broadcast))
+        await asyncio.to_thread(self.recordings.delete, broadcast)
+        log.info("%s: deleted broadcast %s (%d objects)", info.stream, broadcast, removed)
+        return removed
+
+    async def apply_retention(self, live: set[str] | None = None) -> list[str]:
+        """Delete every ended broadcast its stream's policy no longer keeps."""
+        expired = await asyncio.to_thread(self.recordings.expired, datetime.now(UTC))
+        deleted = []
+        for b in expired:
+            if live and b.id in live:
+                continue
+            await self.delete(b.id)
+            deleted.append(b.id)
+        return deleted
