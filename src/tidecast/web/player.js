@@ -70,7 +70,7 @@
   });
   setInterval(() => {
     const hls = player.hls;
-    const behind = hls && hls.latency && hls.targetLatency ? hls.latency - hls.targetLatency : 0;
+    const behind = hls && hls.liveSyncPosition ? hls.liveSyncPosition - video.currentTime : 0;
     goLive.hidden = vodMode || !hls || behind < 4;
   }, 500);
 
@@ -135,7 +135,9 @@
       // 3 segments behind the live edge: enough buffer to switch down on a
       // sudden bandwidth drop without a visible stall (about 6 s with 2 s segments)
       liveSyncDurationCount: 3,
-      liveMaxLatencyDurationCount: 6,
+      // DVR: a viewer who seeks back stays there (no forced jump to the live
+      // edge); "Go live" returns, and a slightly late player catches up at 1.1x
+      liveMaxLatencyDurationCount: Infinity,
       abrEwmaFastLive: 2.0,
       abrBandWidthFactor: 0.9,
       maxLiveSyncPlaybackRate: 1.1,
