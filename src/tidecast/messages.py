@@ -49,7 +49,7 @@ def decode(data: bytes) -> Message:
             if f.name in body:
                 value = body[f.name]
                 kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-                if f.name == "timings" or f.name == "job":
+                if f.name in ("timings", "job", "event"):
                     kwargs[f.name] = value
         return cls(**kwargs)
     except (ValueError, KeyError, TypeError) as exc:
@@ -155,3 +155,13 @@ class JobFailed(Message):
     attempts: int
     error: str
     failed_at: float
+
+
+@message
+class ChatEvent(Message):
+    """A chat room event fanned out to every node's connections."""
+
+    kind: ClassVar[str] = "chat.event"
+    stream: str
+    node: str
+    event: dict[str, object]

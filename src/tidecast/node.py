@@ -22,7 +22,9 @@ from pathlib import Path
 import uvicorn
 
 from tidecast.bus.memory import MemoryBus
+from tidecast.chat.hub import ChatHub
 from tidecast.config import Settings
+from tidecast.db.chat import ChatLog
 from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database, NewStream
 from tidecast.ingest.rtmp.server import RTMPServer
@@ -60,6 +62,18 @@ def load_or_create_admin_token(data_dir: Path) -> tuple[str, bool]:
     return token, True
 
 
+def load_or_create_secret(data_dir: Path, name: str) -> bytes:
+    """A random secret kept in the data dir (mode 0600), made on first use."""
+    path = data_dir / name
+    if path.is_file() and path.stat().st_size >= 32:
+        return path.read_bytes()
+    secret = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret)
+    return secret
+
+
 def open_database(settings: Settings) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Database(settings.db_url)
@@ -93,6 +107,7 @@ class Node:
             if rungs else None
         )  # fmt: skip
         self.gate = PublishGate(self.db, self.segmenter, self.bus, settings.reconnect_grace)
+        self.chat = ChatHub(self.bus, ChatLog(self.db), self._live_broadcast)
         self.rtmp = RTMPServer(
             self.gate, settings.host, settings.rtmp_port, settings.rtmp_app,
             handshake_timeout=settings.rtmp_handshake_timeout,
@@ -100,7 +115,7 @@ class Node:
         )  # fmt: skip
         self.app = create_app(
             AppContext(settings, self.db, self.gate, self.admin_token, time.time(), self.transcoder,
-                       self.recorder)  # fmt: skip
+                       self.recorder, self.chat, load_or_create_secret(settings.data_dir, "chat-secret"))  # fmt: skip
         )
         self._http: uvicorn.Server | None = None
         self._retention_task: asyncio.Task[None] | None = None
@@ -110,13 +125,14 @@ class Node:
     async def start(self) -> None:
         await self.recorder.recover()  # broadcasts a crash left open become VOD
         await self.packager.start()
+        await self.chat.start()
         self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
         if self.transcoder is not None:
             await self.transcoder.start()
         sock = _bind(self.settings.host, self.settings.http_port)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off",
+            self.app, log_level="warning", access_log=False, lifespan="off", ws_max_size=16 * 1024,
             timeout_graceful_shutdown=2,
         )  # fmt: skip
         self._http = _EmbeddedHTTPServer(config)
@@ -128,6 +144,14 @@ class Node:
             await asyncio.sleep(0.01)
         await self.rtmp.start()
         log.info("HTTP origin listening on %s:%d", self.settings.host, self.http_port)
+
+    def _live_broadcast(self, stream: str) -> tuple[str, float] | None:
+        """The broadcast a chat message belongs to: live, or paused within the grace period."""
+        s = self.gate.live.get(stream)
+        if s is not None:
+            return s.broadcast, s.started_at
+        p = self.gate.paused.get(stream)
+        return (p.broadcast, p.started_at) if p is not None else None
 
     async def _retention_loop(self, every: float = 600.0) -> None:
         while True:
@@ -141,6 +165,7 @@ class Node:
         log.info("shutting down")
         if self._retention_task is not None:
             self._retention_task.cancel()
+        await self.chat.aclose()
         await self.rtmp.aclose()  # closes publishers: gate finishes their broadcasts
         await self.gate.aclose()
         await self.segmenter.aclose()

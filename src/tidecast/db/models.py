@@ -101,3 +101,19 @@ class Clip(Base):
     last_sequence: Mapped[int] = mapped_column(Integer)
     duration: Mapped[float] = mapped_column(Float, default=0.0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ChatMessage(Base):
+    """A chat message, kept with the broadcast it was sent during (for replay)."""
+
+    __tablename__ = "chat_messages"
+
+    id: Mapped[str] = mapped_column(String(20), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64), index=True)
+    broadcast_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
+    offset: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds from broadcast start
+    user: Mapped[str] = mapped_column(String(40))
+    role: Mapped[str] = mapped_column(String(12))
+    text: Mapped[str] = mapped_column(String(2000))
+    ts: Mapped[float] = mapped_column(Float)  # wall clock, epoch seconds
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -19,10 +19,12 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from tidecast import __version__
+from tidecast.chat.hub import ChatHub
 from tidecast.config import Settings
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
 from tidecast.ingest.sessions import PublishGate
 from tidecast.origin import files
+from tidecast.origin.chat import chat_routes
 from tidecast.origin.recordings import recordings_router, video_pages
 from tidecast.recorder.service import Recorder
 from tidecast.transcode.coordinator import TranscodeCoordinator
@@ -55,6 +57,8 @@ class AppContext:
     started_at: float
     transcoder: TranscodeCoordinator | None = None
     recorder: Recorder | None = None
+    chat: ChatHub | None = None
+    chat_secret: bytes = b""
 
 
 # ---------------------------------------------------------------- API models
@@ -163,6 +167,8 @@ def create_app(ctx: AppContext) -> FastAPI:
         )  # fmt: skip
 
     app.include_router(api)
+    if ctx.chat is not None:
+        app.include_router(chat_routes(ctx.chat, ctx.db, ctx.chat_secret, require_admin))
     if ctx.recorder is not None:
         app.include_router(recordings_router(ctx.recorder, ctx.gate, require_admin))
         app.include_router(video_pages(ctx.recorder, WEB_DIR))
@@ -216,7 +222,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
         allowed = {"player.js": "text/javascript", "style.css": "text/css", "index.js": "text/javascript",
-                   "videos.js": "text/javascript"}  # fmt: skip
+                   "videos.js": "text/javascript", "chat.js": "text/javascript"}  # fmt: skip
         if name in allowed:
             return FileResponse(WEB_DIR / name, media_type=allowed[name],
                                 headers={"cache-control": "no-cache"})  # fmt: skip

@@ -1,0 +1,260 @@
+"""ChatHub: WebSocket connections, rooms, bounded send queues, bus fan-out, persistence.
+
+Every room-wide event goes out through the bus (``chat.<stream>``) and comes back
+to every node, which applies it to its room state and delivers it to its own
+connections — so viewers on different nodes share one room. Each connection has
+a bounded send queue drained by its own writer task: a client that stops
+reading overflows its queue and is disconnected; broadcast never waits on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tidecast.bus.base import Bus, Subscription
+from tidecast.chat.protocol import ChatError, dumps, parse_client_frame
+from tidecast.chat.room import ChatLimits, Room
+from tidecast.db.chat import ChatLog, StoredMessage
+from tidecast.messages import ChatEvent
+
+log = logging.getLogger("tidecast.chat")
+
+SendText = Callable[[str], Awaitable[None]]
+CloseFn = Callable[[int, str], Awaitable[None]]
+BroadcastLookup = Callable[[str], "tuple[str, float] | None"]
+
+
+@dataclass(slots=True)
+class ChatStats:
+    connections: int = 0
+    messages: int = 0
+    refused: int = 0
+    slow_disconnects: int = 0
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    id: int
+    stream: str
+    send: SendText
+    close: CloseFn
+    queue: asyncio.Queue[str | None]
+    writer: asyncio.Task[None] | None = None
+    joined: bool = False
+    dead: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ChatHub:
+    def __init__(
+        self, bus: Bus, chat_log: ChatLog, lookup: BroadcastLookup, *, limits: ChatLimits | None = None,
+        queue_size: int = 256,
+    ) -> None:  # fmt: skip
+        self.bus = bus
+        self.chat_log = chat_log
+        self.lookup = lookup
+        self.limits = limits or ChatLimits()
+        self.queue_size = queue_size
+        self.node = secrets.token_hex(4)
+        self.rooms: dict[str, Room] = {}
+        self.local: dict[str, dict[int, Connection]] = {}
+        self.presence: dict[str, dict[str, int]] = {}
+        self.stats = ChatStats()
+        self._ids = itertools.count(1)
+        self._sub: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._pending_rows: list[StoredMessage] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sub = self.bus.subscribe("chat.>")
+        self._task = asyncio.create_task(self._consume(self._sub), name="chat-fanout")
+        self._flusher = asyncio.create_task(self._flush_loop(), name="chat-persist")
+
+    async def aclose(self) -> None:
+        for conns in list(self.local.values()):
+            for c in list(conns.values()):
+                await self._drop(c, 1001, "server shutting down")
+        if self._sub is not None:
+            await self._sub.aclose()
+        for t in (self._task, self._flusher):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        await self._flush()
+
+    def room(self, stream: str) -> Room:
+        r = self.rooms.get(stream)
+        if r is None:
+            r = self.rooms[stream] = Room(stream, self.limits)
+        return r
+
+    def viewers(self, stream: str) -> int:
+        return sum(self.presence.get(stream, {}).values())
+
+    # -- one connection --------------------------------------------------------------
+    def connect(self, stream: str, send: SendText, close: CloseFn) -> Connection:
+        conn = Connection(next(self._ids), stream, send, close, asyncio.Queue(self.queue_size))
+        conn.writer = asyncio.create_task(self._writer(conn), name=f"chat-writer-{conn.id}")
+        self.stats.connections += 1
+        return conn
+
+    async def handle(self, conn: Connection, frame: str | bytes, *, ip: str,
+                     token_identity: tuple[str, str] | None) -> None:  # fmt: skip
+        """One client frame; refusals become error events to that client only."""
+        room = self.room(conn.stream)
+        now = time.time()
+        try:
+            ev = parse_client_frame(frame)
+            if ev.type == "join":
+                if conn.joined:
+                    raise ChatError("already_joined", "you are already in the room")
+                name, role = token_identity if token_identity else (ev.data.get("name"), "viewer")
+                out = room.join(conn.id, name, role, ip)
+                conn.joined = True
+                self.local.setdefault(conn.stream, {})[conn.id] = conn
+                for e in out.reply:
+                    e["viewers"] = self.viewers(conn.stream) + 1
+                    self._push(conn, dumps(e))
+                await self._publish(conn.stream, out.room)
+                await self._publish_presence(conn.stream)
+                return
+            if not conn.joined:
+                raise ChatError("not_joined", "send a join event first")
+            if ev.type == "message":
+                out = room.message(conn.id, ev.data.get("text"), now)
+                self.stats.messages += 1
+                self._persist(conn.stream, out.room[0])
+            else:
+                out = room.moderate(conn.id, ev.type, ev.data, now)
+                for line in out.log:
+                    log.info("chat %s: moderation: %s", conn.stream, line)
+                if ev.type == "delete":
+                    await asyncio.to_thread(self.chat_log.delete, str(ev.data["id"]))
+            await self._publish(conn.stream, out.room)
+        except ChatError as exc:
+            self.stats.refused += 1
+            self._push(conn, dumps(exc.event()))
+
+    async def disconnect(self, conn: Connection) -> None:
+        local = self.local.get(conn.stream, {})
+        was_joined = local.pop(conn.id, None) is not None
+        conn.dead = True
+        if conn.writer is not None:
+            conn.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await conn.writer
+        if was_joined:
+            out = self.room(conn.stream).leave(conn.id)
+            await self._publish(conn.stream, out.room)
+            await self._publish_presence(conn.stream)
+
+    # -- delivery --------------------------------------------------------------------
+    def _push(self, conn: Connection, text: str) -> None:
+        if conn.dead:
+            return
+        try:
+            conn.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            # a client that does not read: cut it loose, never wait for it
+            self.stats.slow_disconnects += 1
+            log.warning("chat %s: connection %d is not reading; disconnecting it", conn.stream, conn.id)
+            conn.dead = True
+            self.local.get(conn.stream, {}).pop(conn.id, None)
+            asyncio.create_task(self._drop(conn, 1008, "too slow: send queue overflow"))
+
+    async def _drop(self, conn: Connection, code: int, reason: str) -> None:
+        conn.dead = True
+        if conn.writer is not None:
+            conn.writer.cancel()
+        try:
+            await asyncio.wait_for(conn.close(code, reason), 2)
+        except (TimeoutError, RuntimeError, OSError, ConnectionError) as exc:
+            log.info("chat: closing connection %d: %r", conn.id, exc)
+        await self.disconnect(conn)
+
+    async def _writer(self, conn: Connection) -> None:
+        while (text := await conn.queue.get()) is not None:
+            try:
+                await conn.send(text)
+            except (RuntimeError, OSError, ConnectionError) as exc:
+                log.info("chat: send to connection %d failed: %r", conn.id, exc)
+                return
+
+    async def _publish(self, stream: str, events: list[dict[str, Any]]) -> None:
+        for e in events:
+            await self.bus.publish(f"chat.{stream}", ChatEvent(stream, self.node, e))
+
+    async def _publish_presence(self, stream: str) -> None:
+        count = len(self.local.get(stream, {}))
+        await self._publish(stream, [{"type": "_presence", "node": self.node, "count": count}])
+
+    async def _consume(self, sub: Subscription) -> None:
+        async for d in sub:
+            msg = d.message
+            if isinstance(msg, ChatEvent):
+                try:
+                    self._deliver(msg)
+                except Exception:
+                    log.exception("chat: could not deliver an event of %s", msg.stream)
+            await d.ack()
+
+    def _deliver(self, msg: ChatEvent) -> None:
+        event = dict(msg.event)
+        room = self.room(msg.stream)
+        conns = self.local.get(msg.stream, {})
+        if event.get("type") == "_presence":
+            self.presence.setdefault(msg.stream, {})[str(event["node"])] = int(event["count"])  # type: ignore[call-overload]
+            event = {"type": "presence", "viewers": self.viewers(msg.stream)}
+        else:
+            room.apply(event)
+        if event.get("type") == "ban":  # the banned user's connections here go now
+            ident = str(event["user"]).casefold()
+            for c in list(conns.values()):
+                m = room.members.get(c.id)
+                if m is not None and m.identity == ident:
+                    conns.pop(c.id, None)
+                    self._push(c, dumps({"type": "error", "code": "banned", "message": "you were banned"}))
+                    asyncio.create_task(self._drop_after_flush(c))
+        text = dumps(event)  # encoded once for every connection
+        for c in list(conns.values()):
+            self._push(c, text)
+
+    async def _drop_after_flush(self, conn: Connection) -> None:
+        await asyncio.sleep(0.2)  # let the error event go out first
+        await self._drop(conn, 4003, "banned")
+
+    # -- persistence -------------------------------------------------------------------
+    def _persist(self, stream: str, event: dict[str, Any]) -> None:
+        live = self.lookup(stream)
+        broadcast, offset = (live[0], round(event["ts"] - live[1], 3)) if live else (None, None)
+        self._pending_rows.append(StoredMessage(
+            event["id"], stream, broadcast, offset, event["user"], event["role"], event["text"], event["ts"],
+        ))  # fmt: skip
+
+    async def _flush(self) -> None:
+        rows, self._pending_rows = self._pending_rows, []
+        if not rows:
+            return
+        try:
+            await asyncio.to_thread(self.chat_log.add, rows)
+        except Exception:
+            self._pending_rows[:0] = rows  # keep them for the next try
+            raise
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("chat: could not store messages; will retry")
