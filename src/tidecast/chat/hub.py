@@ -27,7 +27,11 @@ from tidecast.messages import ChatEvent
 
 log = logging.getLogger("tidecast.chat")
 
+QUIET_ROOM = 50  # bigger rooms get no join/leave lines, only the (coalesced) viewer count
+PRESENCE_EVERY = 1.0  # seconds: viewer counts are sent at most this often per room
+
 SendText = Callable[[str], Awaitable[None]]
+RawWrite = Callable[[bytes], bool]  # writes a whole frame now, or returns False
 CloseFn = Callable[[int, str], Awaitable[None]]
 BroadcastLookup = Callable[[str], "tuple[str, float] | None"]
 
@@ -38,6 +42,8 @@ class ChatStats:
     messages: int = 0
     refused: int = 0
     slow_disconnects: int = 0
+    direct_writes: int = 0
+    queued_writes: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -48,9 +54,24 @@ class Connection:
     close: CloseFn
     queue: asyncio.Queue[str | None]
     writer: asyncio.Task[None] | None = None
+    raw: RawWrite | None = None
+    sending: bool = False
     joined: bool = False
     dead: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def text_frame(text: str) -> bytes:
+    """An unmasked server->client WebSocket text frame (RFC 6455 5.2)."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        header = bytes([0x81, n])
+    elif n < 1 << 16:
+        header = bytes([0x81, 126]) + n.to_bytes(2, "big")
+    else:
+        header = bytes([0x81, 127]) + n.to_bytes(8, "big")
+    return header + payload
 
 
 class ChatHub:
@@ -73,6 +94,7 @@ class ChatHub:
         self._task: asyncio.Task[None] | None = None
         self._pending_rows: list[StoredMessage] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._presence_dirty: set[str] = set()
 
     async def start(self) -> None:
         self._sub = self.bus.subscribe("chat.>")
@@ -102,8 +124,8 @@ class ChatHub:
         return sum(self.presence.get(stream, {}).values())
 
     # -- one connection --------------------------------------------------------------
-    def connect(self, stream: str, send: SendText, close: CloseFn) -> Connection:
-        conn = Connection(next(self._ids), stream, send, close, asyncio.Queue(self.queue_size))
+    def connect(self, stream: str, send: SendText, close: CloseFn, raw: RawWrite | None = None) -> Connection:
+        conn = Connection(next(self._ids), stream, send, close, asyncio.Queue(self.queue_size), raw=raw)
         conn.writer = asyncio.create_task(self._writer(conn), name=f"chat-writer-{conn.id}")
         self.stats.connections += 1
         return conn
@@ -125,8 +147,9 @@ class ChatHub:
                 for e in out.reply:
                     e["viewers"] = self.viewers(conn.stream) + 1
                     self._push(conn, dumps(e))
-                await self._publish(conn.stream, out.room)
-                await self._publish_presence(conn.stream)
+                if len(room.members) <= QUIET_ROOM:  # join/leave lines only in small rooms
+                    await self._publish(conn.stream, out.room)
+                self._presence_dirty.add(conn.stream)
                 return
             if not conn.joined:
                 raise ChatError("not_joined", "send a join event first")
@@ -154,14 +177,23 @@ class ChatHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await conn.writer
         if was_joined:
-            out = self.room(conn.stream).leave(conn.id)
-            await self._publish(conn.stream, out.room)
-            await self._publish_presence(conn.stream)
+            room = self.room(conn.stream)
+            out = room.leave(conn.id)
+            if len(room.members) < QUIET_ROOM:
+                await self._publish(conn.stream, out.room)
+            self._presence_dirty.add(conn.stream)
 
     # -- delivery --------------------------------------------------------------------
-    def _push(self, conn: Connection, text: str) -> None:
+    def _push(self, conn: Connection, text: str, frame: bytes | None = None) -> None:
         if conn.dead:
             return
+        # fast path: nothing queued or in flight, the socket takes it now -> one write,
+        # no task switch (the frame is encoded once for the whole room)
+        idle = conn.raw is not None and not conn.sending and conn.queue.empty()
+        if idle and conn.raw is not None and conn.raw(frame or text_frame(text)):
+            self.stats.direct_writes += 1
+            return
+        self.stats.queued_writes += 1
         try:
             conn.queue.put_nowait(text)
         except asyncio.QueueFull:
@@ -184,11 +216,14 @@ class ChatHub:
 
     async def _writer(self, conn: Connection) -> None:
         while (text := await conn.queue.get()) is not None:
+            conn.sending = True
             try:
-                await conn.send(text)
+                await conn.send(text)  # waits while the socket is full
             except (RuntimeError, OSError, ConnectionError) as exc:
                 log.info("chat: send to connection %d failed: %r", conn.id, exc)
                 return
+            finally:
+                conn.sending = False
 
     async def _publish(self, stream: str, events: list[dict[str, Any]]) -> None:
         for e in events:
@@ -226,8 +261,9 @@ class ChatHub:
                     self._push(c, dumps({"type": "error", "code": "banned", "message": "you were banned"}))
                     asyncio.create_task(self._drop_after_flush(c))
         text = dumps(event)  # encoded once for every connection
+        frame = text_frame(text)
         for c in list(conns.values()):
-            self._push(c, text)
+            self._push(c, text, frame)
 
     async def _drop_after_flush(self, conn: Connection) -> None:
         await asyncio.sleep(0.2)  # let the error event go out first
@@ -252,9 +288,16 @@ class ChatHub:
             raise
 
     async def _flush_loop(self) -> None:
+        """Store messages in batches, and send coalesced viewer counts."""
+        ticks = 0
         while True:
             await asyncio.sleep(0.25)
+            ticks += 1
             try:
                 await self._flush()
             except Exception:
                 log.exception("chat: could not store messages; will retry")
+            if ticks % round(PRESENCE_EVERY / 0.25) == 0:
+                dirty, self._presence_dirty = self._presence_dirty, set()
+                for stream in dirty:
+                    await self._publish_presence(stream)

@@ -40,6 +40,28 @@ class ChatMessageOut(BaseModel):
     offset: float | None = Field(description="seconds from the start of the broadcast")
 
 
+def raw_writer(ws: WebSocket) -> Callable[[bytes], bool] | None:
+    """Direct frame writes on uvicorn's websockets (sans-I/O) protocol, if that is what
+    serves this connection: a room's message is framed once and written to every
+    socket that has room for it, the way ``websockets.broadcast`` does. Anything
+    else (another server, a paused or closing socket) uses the ordinary ASGI send."""
+    proto = getattr(getattr(ws, "_send", None), "__self__", None)
+    transport = getattr(proto, "transport", None)
+    writable = getattr(proto, "writable", None)
+    if proto is None or transport is None or not isinstance(writable, asyncio.Event):
+        return None
+    if not hasattr(proto, "close_sent") or not hasattr(proto, "disconnected"):
+        return None
+
+    def write(frame: bytes) -> bool:
+        if proto.close_sent or proto.disconnected or transport.is_closing() or not writable.is_set():
+            return False
+        transport.write(frame)
+        return True
+
+    return write
+
+
 def chat_routes(hub: ChatHub, db: Database, secret: bytes, require_admin: Callable[..., None]) -> APIRouter:
     router = APIRouter()
 
@@ -60,7 +82,7 @@ def chat_routes(hub: ChatHub, db: Database, secret: bytes, require_admin: Callab
                 await ws.send_text(dumps(ChatError("bad_token", str(exc)).event()))
                 await ws.close(code=4001, reason="bad token")
                 return
-        conn = hub.connect(stream, ws.send_text, lambda code, reason: ws.close(code, reason))
+        conn = hub.connect(stream, ws.send_text, lambda code, reason: ws.close(code, reason), raw_writer(ws))
         ip = ws.client.host if ws.client else "?"
         try:
             while not conn.dead:
