@@ -39,6 +39,7 @@ class Settings:
     workers: int = 0  # transcode worker processes; 0 = one per core
     x264_preset: str = "veryfast"
     transcode_attempts: int = 3  # then the job is dead-lettered and the segment is a gap
+    chat_blocked_words: str = ""  # comma-separated; messages containing one are refused
     rtmp_handshake_timeout: float = 10.0  # seconds to finish handshake + connect
     rtmp_idle_timeout: float = 30.0  # seconds a publisher may send nothing
 
@@ -117,6 +118,7 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "workers": int,
     "x264_preset": str,
     "transcode_attempts": int,
+    "chat_blocked_words": str,
     "rtmp_idle_timeout": float,
 }
 

@@ -23,6 +23,7 @@ import uvicorn
 
 from tidecast.bus.memory import MemoryBus
 from tidecast.chat.hub import ChatHub
+from tidecast.chat.room import ChatLimits
 from tidecast.config import Settings
 from tidecast.db.chat import ChatLog
 from tidecast.db.recordings import Recordings
@@ -107,7 +108,9 @@ class Node:
             if rungs else None
         )  # fmt: skip
         self.gate = PublishGate(self.db, self.segmenter, self.bus, settings.reconnect_grace)
-        self.chat = ChatHub(self.bus, ChatLog(self.db), self._live_broadcast)
+        blocked = tuple(w.strip() for w in settings.chat_blocked_words.split(",") if w.strip())
+        self.chat = ChatHub(self.bus, ChatLog(self.db), self._live_broadcast,
+                            limits=ChatLimits(blocked_words=blocked))  # fmt: skip
         self.rtmp = RTMPServer(
             self.gate, settings.host, settings.rtmp_port, settings.rtmp_app,
             handshake_timeout=settings.rtmp_handshake_timeout,

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def chat_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TidecastServer]:
-    s = start_server(tmp_path_factory.mktemp("chat") / "data")
+    s = start_server(tmp_path_factory.mktemp("chat") / "data", env={"TIDECAST_CHAT_BLOCKED_WORDS": "spoiler, casino"})
     s.create_stream("room")
     yield s
     s.stop()
@@ -105,6 +105,8 @@ async def test_bad_input_gets_clear_errors(chat_server: TidecastServer) -> None:
     c = await connect(chat_server, "dave")
     await c.send(type="message", text="x" * 501)
     assert (await c.error())["code"] == "too_long"
+    await c.send(type="message", text="the ending is a SPOILER")
+    assert (await c.error())["code"] == "blocked_word"
     await c.send(type="message", text="bell\x07")
     assert (await c.error())["code"] == "control_chars"
     await c.ws.send("{not json")
