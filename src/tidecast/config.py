@@ -39,6 +39,7 @@ class Settings:
     workers: int = 0  # transcode worker processes; 0 = one per core
     x264_preset: str = "veryfast"
     transcode_attempts: int = 3  # then the job is dead-lettered and the segment is a gap
+    database_url: str = ""  # SQLAlchemy URL; empty = SQLite in the data dir
     chat_blocked_words: str = ""  # comma-separated; messages containing one are refused
     rtmp_handshake_timeout: float = 10.0  # seconds to finish handshake + connect
     rtmp_idle_timeout: float = 30.0  # seconds a publisher may send nothing
@@ -80,6 +81,8 @@ class Settings:
 
     @property
     def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
         return f"sqlite:///{(self.data_dir / 'tidecast.db').resolve()}"
 
     @property
@@ -119,6 +122,7 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "x264_preset": str,
     "transcode_attempts": int,
     "chat_blocked_words": str,
+    "database_url": str,
     "rtmp_idle_timeout": float,
 }
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -15,10 +15,11 @@ def seg(rendition: str, seq: int, pdt: float, height: int = 360) -> SegmentRow:
 
 
 @pytest.fixture
-def rec(tmp_path: Path) -> Recordings:
-    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def rec(db_url: str) -> Iterator[Recordings]:
+    db = Database(db_url)
     db.create_stream("s")
-    return Recordings(db)
+    yield Recordings(db)
+    db.close()
 
 
 def test_finish_computes_duration_size_and_renditions(rec: Recordings) -> None:
@@ -57,3 +58,15 @@ def test_retention_days_and_count(rec: Recordings) -> None:
     assert sorted(b.id for b in rec.expired(now)) == ["b1", "b2"]
     with pytest.raises(ValueError):
         rec.set_retention("s", Retention(True, "count", 0))
+
+
+def test_chat_log(db_url: str) -> None:
+    from tidecast.db.chat import ChatLog, StoredMessage
+
+    db = Database(db_url)
+    log = ChatLog(db)
+    log.add([StoredMessage(f"m{i}", "s", "b1", float(i), "ann", "viewer", f"hi {i}", 100.0 + i) for i in range(3)])
+    log.add([StoredMessage("x", "s", None, None, "bob", "viewer", "between broadcasts", 99.0)])
+    log.delete("m1")
+    assert [m.text for m in log.for_broadcast("b1")] == ["hi 0", "hi 2"]
+    db.close()

@@ -1,14 +1,12 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
 
 
-def test_streams_and_keys(tmp_path: Path) -> None:
-    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_streams_and_keys(db_url: str) -> None:
+    db = Database(db_url)
     new = db.create_stream("main", "Main")
     assert new.key.startswith("sk_") and len(new.key) > 30
     assert db.stream_for_key(new.key) == new.stream
@@ -25,5 +23,9 @@ def test_streams_and_keys(tmp_path: Path) -> None:
         db.rotate_key("nope")
     assert [s.name for s in db.list_streams()] == ["main"]
     # only the hash is stored
-    raw = (tmp_path / "db.sqlite").read_bytes()
-    assert rotated.encode() not in raw
+    from sqlalchemy import text
+
+    with db.engine.connect() as c:
+        stored = [r[0] for r in c.execute(text("select key_hash from streams"))]
+    assert rotated not in stored and len(stored[0]) == 64
+    db.close()

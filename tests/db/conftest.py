@@ -1,0 +1,52 @@
+"""Every repository test runs on SQLite and on the real PostgreSQL server (:5432)."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _pg_up() -> bool:
+    try:
+        with create_engine(PG_ADMIN_URL).connect() as c:
+            c.execute(text("select 1"))
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable yet"
+        print(f"PostgreSQL not reachable: {exc!r}")
+        return False
+
+
+def _start_pg() -> None:
+    """The machine's PostgreSQL, started the way the machine starts it."""
+    versions = sorted(p.name for p in Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").exists() else []
+    if not versions or not shutil.which("pg_ctlcluster"):
+        pytest.fail("PostgreSQL is not running on :5432 and is not installed here")
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"], check=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+        return
+    if not _pg_up():
+        _start_pg()
+        assert _pg_up(), "PostgreSQL did not come up"
+    name = "tidecast_test_" + secrets.token_hex(4)
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
