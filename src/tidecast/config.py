@@ -40,6 +40,8 @@ class Settings:
     x264_preset: str = "veryfast"
     transcode_attempts: int = 3  # then the job is dead-lettered and the segment is a gap
     database_url: str = ""  # SQLAlchemy URL; empty = SQLite in the data dir
+    bus_url: str = ""  # nats://host:4222 for NATS JetStream; empty = in-process bus
+    bus_prefix: str = "tidecast"  # subject/stream namespace on a shared NATS server
     chat_blocked_words: str = ""  # comma-separated; messages containing one are refused
     rtmp_handshake_timeout: float = 10.0  # seconds to finish handshake + connect
     rtmp_idle_timeout: float = 30.0  # seconds a publisher may send nothing
@@ -60,6 +62,8 @@ class Settings:
         if not 0 <= self.workers <= 256 or not 1 <= self.transcode_attempts <= 20:
             raise ConfigError("workers must be 0..256 and transcode_attempts 1..20")
         self.rungs()  # validates the ladder
+        if self.bus_url and not self.bus_url.startswith(("nats://", "tls://")):
+            raise ConfigError(f"bus_url must be a nats:// URL, got {self.bus_url!r}")
         if self.rtmp_handshake_timeout <= 0 or self.rtmp_idle_timeout <= 0:
             raise ConfigError("RTMP timeouts must be positive")
         if self.reconnect_grace < 0:
@@ -123,6 +127,8 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "transcode_attempts": int,
     "chat_blocked_words": str,
     "database_url": str,
+    "bus_url": str,
+    "bus_prefix": str,
     "rtmp_idle_timeout": float,
 }
 

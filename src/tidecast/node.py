@@ -22,6 +22,7 @@ from pathlib import Path
 import uvicorn
 
 from tidecast.bus.memory import MemoryBus
+from tidecast.bus.nats import NatsBus
 from tidecast.chat.hub import ChatHub
 from tidecast.chat.room import ChatLimits
 from tidecast.config import Settings
@@ -90,7 +91,9 @@ class Node:
             default = self.db.create_stream(DEFAULT_STREAM, "tidecast default stream")
         self.first_run = FirstRun(self.admin_token if new_token else None, default)
         self.store = LocalStore(settings.media_dir)
-        self.bus = MemoryBus()
+        self.bus: MemoryBus | NatsBus = (
+            NatsBus(settings.bus_url, prefix=settings.bus_prefix) if settings.bus_url else MemoryBus()
+        )
         rungs = settings.rungs()
         self.segmenter = SegmenterService(
             self.store, self.bus, settings.segment_target, rungs, settings.x264_preset
@@ -126,12 +129,15 @@ class Node:
         self.http_port = settings.http_port
 
     async def start(self) -> None:
+        if isinstance(self.bus, NatsBus):
+            await self.bus.start()
         await self.recorder.recover()  # broadcasts a crash left open become VOD
         await self.packager.start()
         await self.chat.start()
         self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
         if self.transcoder is not None:
             await self.transcoder.start()
+        await self.bus.ready()  # every consumer is listening before the first publisher
         sock = _bind(self.settings.host, self.settings.http_port)
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(

@@ -91,6 +91,9 @@ class MemoryBus:
         self._subs.append(sub)
         return sub
 
+    async def ready(self) -> None:
+        """Subscriptions are active as soon as they are made."""
+
     def _redeliver(self, sub: MemorySubscription, subject: str, data: bytes, attempt: int) -> None:
         target = sub
         if sub.closed and sub.group is not None:
