@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="transcode worker processes (default: one per core)")
     serve.add_argument("--preset", help="x264 preset for the ladder (default veryfast)")
 
+    origin = sub.add_parser("origin", help="only the HTTP origin over a data directory others fill")
+    _add_data_dir(origin)
+
     streams = sub.add_parser("streams", help="manage streams and stream keys")
     ssub = streams.add_subparsers(dest="streams_command", required=True)
     create = ssub.add_parser("create", help="create a stream and print its key and URLs")
@@ -82,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--gop", type=float, default=2.0, help="keyframe interval, seconds")
     pub.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
     pub.add_argument("--no-clock", action="store_true", help="no burnt-in wall clock")
+
+    edge = sub.add_parser("edge-config", help="print an nginx caching-edge config for N origins")
+    edge.add_argument("--origin", action="append", required=True, help="HOST:PORT of an origin (repeat)")
+    edge.add_argument("--listen", default="0.0.0.0:8090")
+    edge.add_argument("--cache-dir", default="/var/cache/tidecast-edge")
+    edge.add_argument("--cache-size", default="10g")
+    edge.add_argument("--segment-target", type=float, default=2.0)
+    edge.add_argument("--pid-file", default="/run/tidecast-edge.pid")
+    edge.add_argument("--error-log", default="/var/log/tidecast-edge-error.log")
+    edge.add_argument("--user", default="www-data", help="user of nginx's worker processes")
 
     bench = sub.add_parser("bench", help="benchmarks (figures + a baseline in the same run)")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -115,10 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(_settings(args))
+        if args.command == "origin":
+            return _serve(_settings(args), origin_only=True)
         if args.command == "streams":
             return _streams(args, _settings(args))
         if args.command == "publish":
             return _publish(args)
+        if args.command == "edge-config":
+            from tidecast.edge.nginx import EdgeConfig, render
+
+            print(render(EdgeConfig(args.origin, args.listen, args.cache_dir, args.cache_size,
+                                    args.segment_target, args.pid_file, args.error_log,
+                                    user=args.user)), end="")  # fmt: skip
+            return 0
         if args.command == "bench":
             from tidecast.bench import chat, latency, transcode
 
@@ -167,10 +189,20 @@ def _banner(node: object) -> None:
     print("\n".join(out) + "\n", flush=True)
 
 
-def _serve(settings: Settings) -> int:
-    from tidecast.node import Node
+def _serve(settings: Settings, origin_only: bool = False) -> int:
+    from tidecast.node import Node, OriginNode
 
     async def run() -> None:
+        if origin_only:
+            origin = OriginNode(settings)
+            await origin.start()
+            print(f"tidecast origin on http://{settings.url_host}:{origin.http_port}/", flush=True)
+            stop_origin = asyncio.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, stop_origin.set)
+            await stop_origin.wait()
+            await origin.aclose()
+            return
         node = Node(settings)
         await node.start()
         # long-lived start-up objects leave the collector's view, and young

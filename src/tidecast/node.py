@@ -205,3 +205,43 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
+
+
+class OriginNode:
+    """``tidecast origin``: only the HTTP side (HLS objects, pages, recordings API) over a
+    data directory (or shared storage) that other processes fill. Run several behind
+    an edge (``tidecast edge-config``). It has no publishers, so it reports none live."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.db = open_database(settings)
+        self.admin_token, _ = load_or_create_admin_token(settings.data_dir)
+        self.store = LocalStore(settings.media_dir)
+        self.gate = PublishGate(self.db, SegmenterService(self.store, MemoryBus(), settings.segment_target),
+                                MemoryBus(), settings.reconnect_grace)  # fmt: skip
+        self.recorder = Recorder(self.store, Recordings(self.db))
+        self.app = create_app(AppContext(settings, self.db, self.gate, self.admin_token, time.time(),
+                                         None, self.recorder))  # fmt: skip
+        self._http: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.http_port = settings.http_port
+
+    async def start(self) -> None:
+        sock = _bind(self.settings.host, self.settings.http_port)
+        self.http_port = sock.getsockname()[1]
+        self._http = _EmbeddedHTTPServer(uvicorn.Config(self.app, log_level="warning", access_log=False,
+                                                        lifespan="off"))  # fmt: skip
+        self._task = asyncio.create_task(self._http.serve(sockets=[sock]), name="origin-http")
+        while not self._http.started:
+            if self._task.done():
+                await self._task
+                raise RuntimeError("HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        log.info("origin listening on %s:%d (data %s)", self.settings.host, self.http_port, self.settings.data_dir)
+
+    async def aclose(self) -> None:
+        if self._http is not None and self._task is not None:
+            self._http.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.db.close()

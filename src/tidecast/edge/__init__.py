@@ -1,0 +1,1 @@
+"""Edge: configuration for a caching CDN tier (nginx) in front of tidecast origins."""
