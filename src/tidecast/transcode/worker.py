@@ -17,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -72,6 +73,9 @@ def main() -> int:
     parser.add_argument("--store", required=True, type=Path, help="media store root")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a hung ffmpeg is killed")
     args = parser.parse_args()
+    # Ctrl-C in a terminal reaches the whole process group; the coordinator owns our
+    # lifecycle (it closes stdin, we finish the current job and exit), so ignore it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s")  # fmt: skip
     asyncio.run(serve(args.store, args.timeout))
