@@ -12,6 +12,7 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs npm)
 if [[ "${1:-}" == "--test" ]]; then
   [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
   command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
+  command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 fi
 if ((${#need_apt[@]})); then
   echo "setup: installing Debian packages: ${need_apt[*]}"

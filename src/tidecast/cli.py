@@ -11,11 +11,16 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from tidecast.config import ConfigError, Settings, from_env
+from tidecast.config import ConfigError, Settings, from_env, from_file
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    base = from_env()
+    """Defaults, then the config file, then ``TIDECAST_*`` variables, then flags."""
+    import os
+    from pathlib import Path
+
+    config = getattr(args, "config", None) or os.environ.get("TIDECAST_CONFIG")
+    base = from_env(base=from_file(Path(config)) if config else None)
     return base.with_overrides(
         host=getattr(args, "host", None),
         http_port=getattr(args, "http_port", None),
@@ -33,9 +38,20 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=_path, help="data directory (env TIDECAST_DATA_DIR; default ./tidecast-data)")
-    p.add_argument("--http-port", type=int, help="HTTP port for printed URLs (env TIDECAST_HTTP_PORT)")
-    p.add_argument("--rtmp-port", type=int, help="RTMP port for printed URLs (env TIDECAST_RTMP_PORT)")
+    p.add_argument(
+        "--config", help="TOML config file: the TIDECAST_* names, lower case (env TIDECAST_CONFIG)"
+    )
+    p.add_argument(
+        "--data-dir",
+        type=_path,
+        help="data directory (env TIDECAST_DATA_DIR; default ./tidecast-data)",
+    )
+    p.add_argument(
+        "--http-port", type=int, help="HTTP port for printed URLs (env TIDECAST_HTTP_PORT)"
+    )
+    p.add_argument(
+        "--rtmp-port", type=int, help="RTMP port for printed URLs (env TIDECAST_RTMP_PORT)"
+    )
     p.add_argument("--host", help="bind address (env TIDECAST_HOST; default 0.0.0.0)")
     p.add_argument("--public-host", help="host name to print in URLs (env TIDECAST_PUBLIC_HOST)")
 
@@ -53,17 +69,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run every role in one process")
     _add_data_dir(serve)
-    serve.add_argument("--segment-target", type=float, help="segment duration target, seconds (default 2)")
-    serve.add_argument("--playlist-window", type=int, help="segments in a live playlist (default 6)")
-    serve.add_argument("--reconnect-grace", type=float, help="seconds to wait for a publisher to return")
-    serve.add_argument("--ladder", help='ABR ladder: "default", "none" (source only) or "1080:6000,720:3500,240:400"')
+    serve.add_argument(
+        "--segment-target", type=float, help="segment duration target, seconds (default 2)"
+    )
+    serve.add_argument(
+        "--playlist-window", type=int, help="segments in a live playlist (default 6)"
+    )
+    serve.add_argument(
+        "--reconnect-grace", type=float, help="seconds to wait for a publisher to return"
+    )
+    serve.add_argument(
+        "--ladder",
+        help='ABR ladder: "default", "none" (source only) or "1080:6000,720:3500,240:400"',
+    )
     serve.add_argument("--source-rendition", action="store_true", default=None,
                        help="also offer the untouched source rendition")  # fmt: skip
-    serve.add_argument("--workers", type=int, help="transcode worker processes (default: one per core)")
+    serve.add_argument(
+        "--workers", type=int, help="transcode worker processes (default: one per core)"
+    )
     serve.add_argument("--preset", help="x264 preset for the ladder (default veryfast)")
 
-    origin = sub.add_parser("origin", help="only the HTTP origin over a data directory others fill")
-    _add_data_dir(origin)
+    role_help = {
+        "ingest": "RTMP ingest + segmenter (scale-out role)",
+        "worker": "transcode workers on the shared job queue (scale-out role)",
+        "packager": "playlists and recordings, one leader per stream (scale-out role)",
+        "origin": "HTTP origin: HLS, pages, API, chat over the shared store (scale-out role)",
+    }
+    for name, text in role_help.items():
+        rp = sub.add_parser(name, help=text)
+        _add_data_dir(rp)
+        if name == "worker":
+            rp.add_argument("--workers", type=int, help="worker processes (default: one per core)")
 
     streams = sub.add_parser("streams", help="manage streams and stream keys")
     ssub = streams.add_subparsers(dest="streams_command", required=True)
@@ -77,7 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("name")
     _add_data_dir(rot)
 
-    pub = sub.add_parser("publish", help="publish a test pattern with a burnt-in clock to an RTMP URL")
+    pub = sub.add_parser(
+        "publish", help="publish a test pattern with a burnt-in clock to an RTMP URL"
+    )
     pub.add_argument("url", help="e.g. rtmp://127.0.0.1:1935/live/<stream-key>")
     pub.add_argument("--duration", type=float, help="seconds (default: until Ctrl-C)")
     pub.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT (default 1280x720)")
@@ -87,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--no-clock", action="store_true", help="no burnt-in wall clock")
 
     edge = sub.add_parser("edge-config", help="print an nginx caching-edge config for N origins")
-    edge.add_argument("--origin", action="append", required=True, help="HOST:PORT of an origin (repeat)")
+    edge.add_argument(
+        "--origin", action="append", required=True, help="HOST:PORT of an origin (repeat)"
+    )
     edge.add_argument("--listen", default="0.0.0.0:8090")
     edge.add_argument("--cache-dir", default="/var/cache/tidecast-edge")
     edge.add_argument("--cache-size", default="10g")
@@ -115,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--clients", type=int, default=2000)
     ch.add_argument("--rate", type=float, default=10, help="messages per second")
     ch.add_argument("--seconds", type=float, default=10)
+    og = bsub.add_parser("origin", help="tidecast origin vs nginx, same live segments, wrk")
+    og.add_argument("--seconds", type=float, default=10, help="seconds per wrk run")
+    og.add_argument("--connections", type=int, default=64, help="wrk connections")
+    og.add_argument("--threads", type=int, default=1,
+                    help="wrk threads (default 1: one core for wrk, one for the server)")  # fmt: skip
+    og.add_argument("--nginx-workers", type=int, default=1,
+                    help="nginx worker processes (default 1, as the origin is one process)")  # fmt: skip
+    og.add_argument("--media-seconds", type=float, default=14,
+                    help="seconds of test pattern published to make the segments")  # fmt: skip
+    og.add_argument("--size", default="1280x720", help="test pattern WIDTHxHEIGHT")
     return parser
 
 
@@ -128,8 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(_settings(args))
-        if args.command == "origin":
-            return _serve(_settings(args), origin_only=True)
+        if args.command in ("ingest", "worker", "packager", "origin"):
+            return _run_role(args.command, _settings(args))
         if args.command == "streams":
             return _streams(args, _settings(args))
         if args.command == "publish":
@@ -142,11 +192,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     user=args.user)), end="")  # fmt: skip
             return 0
         if args.command == "bench":
-            from tidecast.bench import chat, latency, transcode
+            from tidecast.bench import chat, latency, origin, transcode
 
-            bench = {"latency": latency.main, "transcode": transcode.main, "chat": chat.main}[
-                args.bench_command
-            ]
+            bench = {"latency": latency.main, "transcode": transcode.main, "chat": chat.main,
+                     "origin": origin.main}[args.bench_command]  # fmt: skip
             return asyncio.run(bench(args))
     except ConfigError as exc:
         print(f"tidecast: {exc}", file=sys.stderr)
@@ -189,20 +238,31 @@ def _banner(node: object) -> None:
     print("\n".join(out) + "\n", flush=True)
 
 
-def _serve(settings: Settings, origin_only: bool = False) -> int:
-    from tidecast.node import Node, OriginNode
+def _run_role(role: str, settings: Settings) -> int:
+    from tidecast.roles import ROLES
 
     async def run() -> None:
-        if origin_only:
-            origin = OriginNode(settings)
-            await origin.start()
-            print(f"tidecast origin on http://{settings.url_host}:{origin.http_port}/", flush=True)
-            stop_origin = asyncio.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                asyncio.get_running_loop().add_signal_handler(sig, stop_origin.set)
-            await stop_origin.wait()
-            await origin.aclose()
-            return
+        node = ROLES[role](settings)
+        await node.start()
+        print(f"tidecast {role}: {node.describe()}", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await node.aclose()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        print(f"tidecast {role}: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _serve(settings: Settings) -> int:
+    from tidecast.node import Node
+
+    async def run() -> None:
         node = Node(settings)
         await node.start()
         # long-lived start-up objects leave the collector's view, and young
@@ -249,7 +309,9 @@ def _streams(args: argparse.Namespace, settings: Settings) -> int:
             if not rows:
                 print("no streams yet: tidecast streams create NAME")
             for r in rows:
-                print(f"{r.name:<24} {settings.watch_url(r.name)}  created {r.created_at:%Y-%m-%d %H:%M}")
+                print(
+                    f"{r.name:<24} {settings.watch_url(r.name)}  created {r.created_at:%Y-%m-%d %H:%M}"
+                )
             return 0
         if args.streams_command == "rotate-key":
             try:
@@ -289,7 +351,9 @@ def _publish(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        print(f"publishing a {w}x{h}@{args.fps} test pattern to {args.url} (Ctrl-C stops)", flush=True)
+        print(
+            f"publishing a {w}x{h}@{args.fps} test pattern to {args.url} (Ctrl-C stops)", flush=True
+        )
         waiter = asyncio.create_task(proc.proc.wait())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -7,14 +7,26 @@ Nothing reads the environment after start-up; every component gets the
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tidecast.store.factory import StoreURLError, check_store_url
 from tidecast.transcode.ladder import DEFAULT_LADDER, LadderError, Rung, parse_ladder
 
 ENV_PREFIX = "TIDECAST_"
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
 
 
 class ConfigError(ValueError):
@@ -39,9 +51,18 @@ class Settings:
     workers: int = 0  # transcode worker processes; 0 = one per core
     x264_preset: str = "veryfast"
     transcode_attempts: int = 3  # then the job is dead-lettered and the segment is a gap
+    # seconds the oldest transcode job may be outstanding before new segments skip top rungs
+    transcode_lag_threshold: float = 8.0
     database_url: str = ""  # SQLAlchemy URL; empty = SQLite in the data dir
     bus_url: str = ""  # nats://host:4222 for NATS JetStream; empty = in-process bus
     bus_prefix: str = "tidecast"  # subject/stream namespace on a shared NATS server
+    store_url: str = ""  # file:///dir or s3://bucket/prefix?endpoint=...; empty = <data dir>/media
+    origin_cache_mb: int = 256  # the origin's in-memory cache of hot objects (non-local stores)
+    lease_ttl: float = 3.0  # seconds a packager's lease on a stream lasts without renewal
+    job_ack_wait: float = 30.0  # seconds before a silent worker's job goes to another worker
+    # shared by every origin of a deployment (API admin token; chat tokens are derived
+    # from it); empty = a random token kept in the data dir
+    admin_token: str = ""
     chat_blocked_words: str = ""  # comma-separated; messages containing one are refused
     rtmp_handshake_timeout: float = 10.0  # seconds to finish handshake + connect
     rtmp_idle_timeout: float = 30.0  # seconds a publisher may send nothing
@@ -64,10 +85,22 @@ class Settings:
         self.rungs()  # validates the ladder
         if self.bus_url and not self.bus_url.startswith(("nats://", "tls://")):
             raise ConfigError(f"bus_url must be a nats:// URL, got {self.bus_url!r}")
+        try:
+            check_store_url(self.store_url)
+        except StoreURLError as exc:
+            raise ConfigError(str(exc)) from exc
+        if not 0 <= self.origin_cache_mb <= 1 << 20:
+            raise ConfigError("origin_cache_mb must be 0..1048576")
+        if not 0.5 <= self.lease_ttl <= 600 or not 2 <= self.job_ack_wait <= 3600:
+            raise ConfigError("lease_ttl must be 0.5..600 s and job_ack_wait 2..3600 s")
         if self.rtmp_handshake_timeout <= 0 or self.rtmp_idle_timeout <= 0:
             raise ConfigError("RTMP timeouts must be positive")
         if self.reconnect_grace < 0:
             raise ConfigError("reconnect_grace must not be negative")
+        if not self.transcode_lag_threshold > 0:
+            raise ConfigError(
+                f"transcode_lag_threshold must be positive, got {self.transcode_lag_threshold}"
+            )
 
     def rungs(self) -> tuple[Rung, ...]:
         if self.ladder in ("none", ""):
@@ -125,12 +158,47 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "workers": int,
     "x264_preset": str,
     "transcode_attempts": int,
+    "transcode_lag_threshold": float,
     "chat_blocked_words": str,
     "database_url": str,
     "bus_url": str,
     "bus_prefix": str,
     "rtmp_idle_timeout": float,
+    "store_url": str,
+    "origin_cache_mb": int,
+    "lease_ttl": float,
+    "job_ack_wait": float,
+    "admin_token": str,
 }
+
+
+def from_file(path: Path, base: Settings | None = None) -> Settings:
+    """Settings from a TOML file over ``base``: the same names as the ``TIDECAST_*``
+    variables, lower case, at the top level (``bus_url = "nats://..."``). One file
+    can configure every role of a deployment; unknown names are refused."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    unknown = sorted(set(data) - set(_ENV_FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+    changes: dict[str, object] = {}
+    for name, value in data.items():
+        kind = _ENV_FIELDS[name]
+        if isinstance(value, bool) and kind is not str:
+            changes[name] = value
+            continue
+        if isinstance(value, dict | list):
+            raise ConfigError(f"config file {path}: {name} must be a plain value")
+        try:
+            changes[name] = kind(str(value))
+        except ValueError as exc:
+            raise ConfigError(f"config file {path}: {name} = {value!r}: {exc}") from exc
+    return (base or Settings()).with_overrides(**changes)
 
 
 def from_env(environ: Mapping[str, str] | None = None, base: Settings | None = None) -> Settings:

@@ -144,6 +144,28 @@ class TranscodeJob(Message):
     first_frame_arrival: float = 0.0
     stored_at: float = 0.0
     part: int = 0
+    # rungs not encoded because transcoding lags (backpressure): announced as gaps
+    skip: tuple[str, ...] = ()
+
+
+@message
+class TranscodeLag(Message):
+    """How far transcoding lags behind a broadcast, and which top rungs new segments skip.
+
+    Published (core, not stored) on ``event.transcode.<stream>`` with every new
+    transcode job — ``changed`` marks the ones where the degradation changed — and
+    once more (lag 0, nothing skipped) when the publisher session ends.
+    """
+
+    kind: ClassVar[str] = "transcode.lag"
+    stream: str
+    broadcast: str
+    lag_seconds: float  # age of the oldest job not fully transcoded yet
+    skipped: tuple[str, ...] = ()  # the rungs new segments skip, top first
+    at: float = 0.0  # wall clock
+    degraded_segments: int = 0  # segments of this publisher session that skipped rungs
+    changed: bool = False  # the skipped rungs differ from the previous job's
+    part: int = 0
 
 
 @message

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -32,9 +34,12 @@ from tidecast.db.repo import Database, NewStream
 from tidecast.ingest.rtmp.server import RTMPServer
 from tidecast.ingest.sessions import PublishGate
 from tidecast.origin.app import AppContext, create_app
+from tidecast.origin.cache import HotCache
+from tidecast.origin.metrics import MetricsListener
 from tidecast.packager.service import Packager
 from tidecast.recorder.service import Recorder
 from tidecast.segmenter.service import SegmenterService
+from tidecast.store.factory import open_store, store_url_of
 from tidecast.store.local import LocalStore
 from tidecast.transcode.coordinator import TranscodeCoordinator
 
@@ -76,6 +81,15 @@ def load_or_create_secret(data_dir: Path, name: str) -> bytes:
     return secret
 
 
+def admin_secrets(settings: Settings) -> tuple[str, bytes]:
+    """(admin token, chat token secret): from the shared setting, or the data dir's."""
+    if settings.admin_token:
+        token = settings.admin_token
+        return token, hmac.new(token.encode(), b"tidecast chat tokens", hashlib.sha256).digest()
+    token, _ = load_or_create_admin_token(settings.data_dir)
+    return token, load_or_create_secret(settings.data_dir, "chat-secret")
+
+
 def open_database(settings: Settings) -> Database:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return Database(settings.db_url)
@@ -86,18 +100,23 @@ class Node:
         self.settings = settings
         self.db = open_database(settings)
         self.admin_token, new_token = load_or_create_admin_token(settings.data_dir)
+        if settings.admin_token:  # shared by a deployment's nodes
+            self.admin_token, new_token = settings.admin_token, False
         default = None
         if not self.db.list_streams():
             default = self.db.create_stream(DEFAULT_STREAM, "tidecast default stream")
         self.first_run = FirstRun(self.admin_token if new_token else None, default)
-        self.store = LocalStore(settings.media_dir)
+        self.store = open_store(settings.store_url, settings.media_dir)
         self.bus: MemoryBus | NatsBus = (
-            NatsBus(settings.bus_url, prefix=settings.bus_prefix) if settings.bus_url else MemoryBus()
-        )
+            NatsBus(settings.bus_url, prefix=settings.bus_prefix, ack_wait=settings.job_ack_wait)
+            if settings.bus_url else MemoryBus()
+        )  # fmt: skip
         rungs = settings.rungs()
         self.segmenter = SegmenterService(
-            self.store, self.bus, settings.segment_target, rungs, settings.x264_preset
-        )
+            self.store, self.bus, settings.segment_target, rungs, settings.x264_preset,
+            lag_threshold=settings.transcode_lag_threshold,
+        )  # fmt: skip
+        self.metrics = MetricsListener(self.bus)
         self.recordings = Recordings(self.db)
         self.recorder = Recorder(self.store, self.recordings)
         self.packager = Packager(
@@ -106,8 +125,9 @@ class Node:
             include_source=settings.source_rendition or not rungs, recorder=self.recorder,
         )  # fmt: skip
         self.transcoder = (
-            TranscodeCoordinator(self.bus, self.store.root, workers=settings.workers,
-                                 max_attempts=settings.transcode_attempts)
+            TranscodeCoordinator(self.bus, store_url_of(self.store), workers=settings.workers,
+                                 max_attempts=settings.transcode_attempts,
+                                 progress_every=settings.job_ack_wait / 3)
             if rungs else None
         )  # fmt: skip
         self.gate = PublishGate(self.db, self.segmenter, self.bus, settings.reconnect_grace)
@@ -120,8 +140,20 @@ class Node:
             idle_timeout=settings.rtmp_idle_timeout,
         )  # fmt: skip
         self.app = create_app(
-            AppContext(settings, self.db, self.gate, self.admin_token, time.time(), self.transcoder,
-                       self.recorder, self.chat, load_or_create_secret(settings.data_dir, "chat-secret"))  # fmt: skip
+            AppContext(
+                settings,
+                self.db,
+                self.gate,
+                self.admin_token,
+                time.time(),
+                self.transcoder,
+                self.recorder,
+                self.chat,
+                admin_secrets(settings)[1],
+                cache=None if isinstance(self.store, LocalStore)
+                else HotCache(self.store, settings.origin_cache_mb << 20, settings.segment_target / 8),
+                media_root=self.store.root if isinstance(self.store, LocalStore) else None,
+            )  # fmt: skip
         )
         self._http: uvicorn.Server | None = None
         self._retention_task: asyncio.Task[None] | None = None
@@ -129,11 +161,15 @@ class Node:
         self.http_port = settings.http_port
 
     async def start(self) -> None:
+        ensure = getattr(self.store, "ensure_bucket", None)
+        if ensure is not None:
+            await ensure()
         if isinstance(self.bus, NatsBus):
             await self.bus.start()
         await self.recorder.recover()  # broadcasts a crash left open become VOD
         await self.packager.start()
         await self.chat.start()
+        self.metrics.start()
         self._retention_task = asyncio.create_task(self._retention_loop(), name="retention")
         if self.transcoder is not None:
             await self.transcoder.start()
@@ -181,6 +217,7 @@ class Node:
         if self.transcoder is not None:
             await self.transcoder.aclose()  # finishes queued jobs, stops the workers
         await self.packager.aclose()  # handles what is still queued, then stops
+        await self.metrics.aclose()
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,43 +242,3 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(1024)
     sock.setblocking(False)
     return sock
-
-
-class OriginNode:
-    """``tidecast origin``: only the HTTP side (HLS objects, pages, recordings API) over a
-    data directory (or shared storage) that other processes fill. Run several behind
-    an edge (``tidecast edge-config``). It has no publishers, so it reports none live."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.db = open_database(settings)
-        self.admin_token, _ = load_or_create_admin_token(settings.data_dir)
-        self.store = LocalStore(settings.media_dir)
-        self.gate = PublishGate(self.db, SegmenterService(self.store, MemoryBus(), settings.segment_target),
-                                MemoryBus(), settings.reconnect_grace)  # fmt: skip
-        self.recorder = Recorder(self.store, Recordings(self.db))
-        self.app = create_app(AppContext(settings, self.db, self.gate, self.admin_token, time.time(),
-                                         None, self.recorder))  # fmt: skip
-        self._http: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.http_port = settings.http_port
-
-    async def start(self) -> None:
-        sock = _bind(self.settings.host, self.settings.http_port)
-        self.http_port = sock.getsockname()[1]
-        self._http = _EmbeddedHTTPServer(uvicorn.Config(self.app, log_level="warning", access_log=False,
-                                                        lifespan="off"))  # fmt: skip
-        self._task = asyncio.create_task(self._http.serve(sockets=[sock]), name="origin-http")
-        while not self._http.started:
-            if self._task.done():
-                await self._task
-                raise RuntimeError("HTTP server stopped during start-up")
-            await asyncio.sleep(0.01)
-        log.info("origin listening on %s:%d (data %s)", self.settings.host, self.http_port, self.settings.data_dir)
-
-    async def aclose(self) -> None:
-        if self._http is not None and self._task is not None:
-            self._http.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self.db.close()

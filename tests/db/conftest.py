@@ -26,10 +26,16 @@ def _pg_up() -> bool:
 
 def _start_pg() -> None:
     """The machine's PostgreSQL, started the way the machine starts it."""
-    versions = sorted(p.name for p in Path("/etc/postgresql").glob("*")) if Path("/etc/postgresql").exists() else []
+    versions = (
+        sorted(p.name for p in Path("/etc/postgresql").glob("*"))
+        if Path("/etc/postgresql").exists()
+        else []
+    )
     if not versions or not shutil.which("pg_ctlcluster"):
         pytest.fail("PostgreSQL is not running on :5432 and is not installed here")
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"], check=False)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[-1], "main", "start"], check=False
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

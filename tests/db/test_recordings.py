@@ -65,7 +65,12 @@ def test_chat_log(db_url: str) -> None:
 
     db = Database(db_url)
     log = ChatLog(db)
-    log.add([StoredMessage(f"m{i}", "s", "b1", float(i), "ann", "viewer", f"hi {i}", 100.0 + i) for i in range(3)])
+    log.add(
+        [
+            StoredMessage(f"m{i}", "s", "b1", float(i), "ann", "viewer", f"hi {i}", 100.0 + i)
+            for i in range(3)
+        ]
+    )
     log.add([StoredMessage("x", "s", None, None, "bob", "viewer", "between broadcasts", 99.0)])
     log.delete("m1")
     assert [m.text for m in log.for_broadcast("b1")] == ["hi 0", "hi 2"]

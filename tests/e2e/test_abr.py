@@ -28,6 +28,8 @@ from tidecast.transcode.ladder import DEFAULT_LADDER
 
 pytestmark = pytest.mark.e2e
 FPS = 30
+# these tests want every rung of every segment: no backpressure (tests/e2e/test_backpressure.py)
+NO_SKIP = "600"
 
 
 def render(tmp: Path, w: int, h: int, seconds: float) -> Path:
@@ -105,7 +107,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_1080p_source_gets_every_fitting_rung(media: Path, tmp_path: Path) -> None:
     source = render(media, 1920, 1080, 30)
     server = start_server(tmp_path / "data", "--reconnect-grace", "0", "--playlist-window", "40",
-                          env={"TIDECAST_LADDER": "default"})  # fmt: skip
+                          env={"TIDECAST_LADDER": "default", "TIDECAST_TRANSCODE_LAG_THRESHOLD": NO_SKIP})  # fmt: skip
     try:
         key = server.create_stream("abr")
         pub = publish_file(server, key, source)
@@ -140,7 +142,8 @@ def test_out_of_order_and_killed_worker_lose_nothing(media: Path, tmp_path: Path
     server = start_server(
         tmp_path / "data", "--reconnect-grace", "0", "--playlist-window", "40",
         env={"TIDECAST_LADDER": "720:2000,360:700", "TIDECAST_WORKERS": "2",
-             "TIDECAST_FAULT_DELAY": "2:5"},  # segment 2 finishes long after 3 and 4
+             "TIDECAST_FAULT_DELAY": "2:5",  # segment 2 finishes long after 3 and 4
+             "TIDECAST_TRANSCODE_LAG_THRESHOLD": NO_SKIP},
     )  # fmt: skip
     try:
         key = server.create_stream("chaos")
@@ -177,7 +180,7 @@ def test_a_job_that_always_fails_becomes_a_gap(media: Path, tmp_path: Path) -> N
     server = start_server(
         tmp_path / "data", "--reconnect-grace", "0", "--playlist-window", "40",
         env={"TIDECAST_LADDER": "default", "TIDECAST_FAULT_FAIL": "3", "TIDECAST_TRANSCODE_ATTEMPTS": "3",
-             "TIDECAST_SOURCE_RENDITION": "1"},
+             "TIDECAST_SOURCE_RENDITION": "1", "TIDECAST_TRANSCODE_LAG_THRESHOLD": NO_SKIP},
     )  # fmt: skip
     try:
         key = server.create_stream("gap")

@@ -90,3 +90,19 @@ def test_multivariant() -> None:
     assert first.stream_info.codecs == "avc1.640028,mp4a.40.2"
     assert first.stream_info.frame_rate == pytest.approx(29.97)
     assert second.stream_info.resolution == (854, 480)
+
+
+def test_a_rendered_playlist_reads_back_the_same() -> None:
+    """A packager taking a stream over continues from the stored playlist."""
+    from tidecast.packager.hls import parse_media_playlist
+
+    pl = MediaPlaylist(window=4, target_duration=2.0)
+    for n in range(6):
+        pl.append(seg(n, 2.0 if n != 3 else 2.5, init="b1/source/init0.mp4" if n < 4 else "b2/source/init0.mp4",
+                      discontinuity=n in (2, 4), gap=n == 5))  # fmt: skip
+    pl.append(seg(6, discontinuity=True))
+    back = parse_media_playlist(pl.render(), 4, 2.0)
+    assert back.render() == pl.render()
+    assert list(back.segments) == list(pl.segments) and back.discontinuity_sequence == 1
+    pl.end()
+    assert parse_media_playlist(pl.render(), 4, 2.0).ended

@@ -54,6 +54,7 @@ async def run(seconds: float, width: int, height: int, fps: int, workers: int, p
         settings = Settings(
             host="127.0.0.1", http_port=0, rtmp_port=0, data_dir=tmpdir / "data",
             reconnect_grace=0, playlist_window=1000, workers=workers, x264_preset=preset,
+            transcode_lag_threshold=float("inf"),  # faster than real time: encode every rung
         )  # fmt: skip
         node = Node(settings)
         await node.start()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,12 +18,18 @@ class Delivery:
     attempt: int
     _ack: Callable[[], Awaitable[None]]
     _nak: Callable[[float], Awaitable[None]]
+    _progress: Callable[[], Awaitable[None]] | None = None
 
     async def ack(self) -> None:
         await self._ack()
 
     async def nak(self, delay: float = 0.0) -> None:
         await self._nak(delay)
+
+    async def in_progress(self) -> None:
+        """Still working on it: a durable bus restarts its redelivery clock."""
+        if self._progress is not None:
+            await self._progress()
 
 
 class Subscription(Protocol):
@@ -49,6 +55,11 @@ class Bus(Protocol):
 
     async def ready(self) -> None:
         """Wait until every subscription made so far receives messages."""
+        ...
+
+    async def replay(self, patterns: Sequence[str], since: float) -> list[Message]:
+        """Every stored message on any of ``patterns`` published at or after ``since``
+        (epoch seconds), in publish order, up to now. Only durable subjects are kept."""
         ...
 
     async def aclose(self) -> None: ...

@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 
 from tidecast.bus.base import Delivery
 from tidecast.messages import Message, decode, encode
 
 log = logging.getLogger("tidecast.bus")
 
+DURABLE_ROOTS = ("job", "segment", "broadcast", "dead")
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -69,12 +72,20 @@ class MemorySubscription:
 
 
 class MemoryBus:
-    def __init__(self) -> None:
+    def __init__(self, history: int = 100_000) -> None:
         self._subs: list[MemorySubscription] = []
         self._rr = itertools.count()
+        # durable subjects are kept (bounded) for replay, like a JetStream stream
+        self._history: deque[tuple[float, str, bytes]] = deque(maxlen=history)
+
+    async def replay(self, patterns: Sequence[str], since: float) -> list[Message]:
+        return [decode(d) for t, s, d in list(self._history)
+                if t >= since and any(subject_matches(p, s) for p in patterns)]  # fmt: skip
 
     async def publish(self, subject: str, message: Message) -> None:
         data = encode(message)
+        if subject.split(".", 1)[0] in DURABLE_ROOTS:
+            self._history.append((time.time(), subject, data))
         groups: dict[str, list[MemorySubscription]] = {}
         for sub in self._subs:
             if not subject_matches(sub.pattern, subject):

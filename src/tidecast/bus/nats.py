@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from tidecast.bus.base import Delivery
 from tidecast.messages import Message, decode, encode
@@ -56,7 +58,9 @@ class NatsSubscription:
         b = self.bus
         root = self.subject.removeprefix(b.prefix).split(".", 1)[0]
         if root not in DURABLE_ROOTS:
-            self._core_sub = await b.nc.subscribe(self.subject, queue=self.group or "", cb=self._on_core)
+            self._core_sub = await b.nc.subscribe(
+                self.subject, queue=self.group or "", cb=self._on_core
+            )
         elif self.group is None:
             self._js_sub = await b.js.subscribe(
                 self.subject, stream=b.stream, ordered_consumer=True,
@@ -69,7 +73,9 @@ class NatsSubscription:
                 max_deliver=b.max_deliver, filter_subject=self.subject,
                 deliver_policy=DeliverPolicy.ALL, max_ack_pending=1000,
             )  # fmt: skip
-            self._js_sub = await b.js.pull_subscribe(self.subject, durable=durable, stream=b.stream, config=cfg)
+            self._js_sub = await b.js.pull_subscribe(
+                self.subject, durable=durable, stream=b.stream, config=cfg
+            )
             self._task = asyncio.create_task(self._fetch_loop(), name=f"nats-fetch {self.subject}")
 
     async def _on_core(self, msg: Msg) -> None:
@@ -82,7 +88,10 @@ class NatsSubscription:
                 msgs = await self._js_sub.fetch(batch=1, timeout=1.0)
             except nats.errors.TimeoutError:
                 continue
-            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError) as exc:
+            except (
+                nats.errors.ConnectionClosedError,
+                nats.errors.ConnectionReconnectingError,
+            ) as exc:
                 log.warning("fetch on %s: %r; retrying", self.subject, exc)
                 await asyncio.sleep(0.5)
                 continue
@@ -111,8 +120,12 @@ class NatsSubscription:
             if durable:
                 await msg.nak(delay=delay)
 
+        async def progress() -> None:
+            if durable:
+                await msg.in_progress()
+
         subject = msg.subject.removeprefix(self.bus.prefix)
-        return Delivery(subject, decode(msg.data), attempt, ack, nak)
+        return Delivery(subject, decode(msg.data), attempt, ack, nak, progress)
 
     async def aclose(self) -> None:
         if self.closed:
@@ -128,26 +141,48 @@ class NatsSubscription:
                     await sub.unsubscribe()
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(None)
+        if self in self.bus._subs:  # a broadcast's subscription must not outlive it here
+            self.bus._subs.remove(self)
 
 
 class NatsBus:
     def __init__(
         self, url: str = "nats://127.0.0.1:4222", *, stream: str = "TIDECAST", prefix: str = "",
         ack_wait: float = 120.0, max_deliver: int = 10, max_age: float = 24 * 3600,
+        publish_retry_for: float = 300.0,
     ) -> None:  # fmt: skip
         self.url = url
-        self.stream = f"{prefix.rstrip('.').replace('.', '_').upper()}_{stream}" if prefix else stream
+        self.stream = (
+            f"{prefix.rstrip('.').replace('.', '_').upper()}_{stream}" if prefix else stream
+        )
         self.prefix = f"{prefix.rstrip('.')}." if prefix else ""
         self.ack_wait = ack_wait
         self.max_deliver = max_deliver
         self.max_age = max_age
+        self.publish_retry_for = publish_retry_for
+        self.publish_retries = 0
+        self._away = False
         self.nc: Client = Client()
         self.js: Any = None
         self._subs: list[NatsSubscription] = []
 
     async def start(self) -> None:
-        self.nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                                     name="tidecast")  # fmt: skip
+        async def on_error(exc: Exception) -> None:
+            if not self._away:  # one line per outage, not nats-py's traceback per attempt
+                log.warning("NATS %s: %r", self.url, exc)
+
+        async def on_disconnect() -> None:
+            self._away = True
+            log.warning("NATS %s: disconnected; reconnecting", self.url)
+
+        async def on_reconnect() -> None:
+            self._away = False
+            log.info("NATS %s: reconnected", self.url)
+
+        self.nc = await nats.connect(
+            self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.5, name="tidecast",
+            error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+        )  # fmt: skip
         self.js = self.nc.jetstream()
         cfg = StreamConfig(
             name=self.stream, subjects=[f"{self.prefix}{r}.>" for r in DURABLE_ROOTS],
@@ -163,10 +198,30 @@ class NatsBus:
     async def publish(self, subject: str, message: Message) -> None:
         data = encode(message)
         full = self.prefix + subject
-        if subject.split(".", 1)[0] in DURABLE_ROOTS:
-            await self.js.publish(full, data, stream=self.stream)  # stored before this returns
-        else:
+        if subject.split(".", 1)[0] not in DURABLE_ROOTS:
             await self.nc.publish(full, data)
+            return
+        # stored before this returns. While the server is away (a restart) keep trying:
+        # the caller's data is safe in the store, only this message is late. The id lets
+        # the server drop a retry of a message it did store but could not confirm.
+        msg_id = hashlib.sha256(full.encode() + b"\0" + data).hexdigest()[:32]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_retry_for
+        delay = 0.1
+        while True:
+            try:
+                await self.js.publish(full, data, stream=self.stream, timeout=2.0,
+                                      headers={"Nats-Msg-Id": msg_id})  # fmt: skip
+                return
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                    nats.errors.ConnectionReconnectingError, nats.errors.OutboundBufferLimitError,
+                    ServiceUnavailableError) as exc:  # fmt: skip
+                if loop.time() + delay > deadline:
+                    raise
+                self.publish_retries += 1
+                log.warning("publish on %s not confirmed (%r); retrying in %.1f s", subject, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def subscribe(self, pattern: str, group: str | None = None) -> NatsSubscription:
         sub = NatsSubscription(self, self.prefix + pattern, group)
@@ -177,15 +232,46 @@ class NatsBus:
 
     async def ready(self) -> None:
         """Wait until every subscription made so far is active on the server."""
-        for sub in self._subs:
+        for sub in list(self._subs):
             await sub._task_start  # type: ignore[attr-defined]
+
+    async def replay(self, patterns: Sequence[str], since: float) -> list[Message]:
+        """Read the stored messages from ``since`` on with throw-away ordered consumers
+        (one per pattern: a filter must lie inside one of the stream's subjects),
+        until none is pending, merged back into publish order by stream sequence.
+        What arrives later reaches the live subscriptions."""
+        start = datetime.fromtimestamp(max(since, 0.0), UTC)
+        found: list[tuple[int, Message]] = []
+        for pattern in patterns:
+            sub = await self.js.subscribe(
+                self.prefix + pattern, stream=self.stream, ordered_consumer=True,
+                config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start),
+            )  # fmt: skip
+            try:
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=0.5)
+                    except nats.errors.TimeoutError:
+                        break  # nothing (more) stored since then
+                    found.append((msg.metadata.sequence.stream, decode(msg.data)))
+                    if msg.metadata.num_pending == 0:
+                        break
+            finally:
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+        found.sort(key=lambda item: item[0])
+        return [m for _, m in found]
 
     async def delete_stream(self) -> None:
         with contextlib.suppress(NotFoundError):
             await self.js.delete_stream(self.stream)
 
     async def aclose(self) -> None:
-        for sub in self._subs:
+        for sub in list(self._subs):
             await sub.aclose()
         if self.nc.is_connected:
-            await self.nc.drain()
+            # every delivery was acked or nak'ed by now: flush what is written and close
+            # (drain() would wait out its timeout on a pull consumer's pending request)
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self.nc.flush(timeout=2)
+            await self.nc.close()

@@ -111,9 +111,26 @@ class ChatMessage(Base):
     id: Mapped[str] = mapped_column(String(20), primary_key=True)
     stream: Mapped[str] = mapped_column(String(64), index=True)
     broadcast_id: Mapped[str | None] = mapped_column(String(40), index=True, nullable=True)
-    offset: Mapped[float | None] = mapped_column(Float, nullable=True)  # seconds from broadcast start
+    # seconds from the broadcast's start
+    offset: Mapped[float | None] = mapped_column(Float, nullable=True)
     user: Mapped[str] = mapped_column(String(40))
     role: Mapped[str] = mapped_column(String(12))
     text: Mapped[str] = mapped_column(String(2000))
     ts: Mapped[float] = mapped_column(Float)  # wall clock, epoch seconds
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Lease(Base):
+    """A named, expiring claim (e.g. "packager/<stream>": one packager per stream).
+
+    ``epoch`` is a fencing token: it grows each time the holder changes, so work
+    stamped with an older epoch can be told apart from the current holder's.
+    ``expires_at`` is wall-clock epoch seconds: holders on different machines compare it.
+    """
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(100))
+    epoch: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[float] = mapped_column(Float)

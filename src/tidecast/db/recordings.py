@@ -100,7 +100,9 @@ class Recordings:
         self.db = db
 
     # -- broadcasts ------------------------------------------------------------
-    def start(self, stream_id: int, broadcast: str, started_at: datetime, title: str, recorded: bool) -> None:
+    def start(
+        self, stream_id: int, broadcast: str, started_at: datetime, title: str, recorded: bool
+    ) -> None:
         with self.db.session() as s:
             s.add(Broadcast(id=broadcast, stream_id=stream_id, started_at=started_at, title=title,
                             recorded=recorded))  # fmt: skip
@@ -153,13 +155,54 @@ class Recordings:
                 b.end_reason = reason
             renditions = sorted({r.rendition for r in segs})
             video = [r for r in renditions if r != "audio"]
-            main = max(video, key=lambda n: max(x.height for x in segs if x.rendition == n)) if video else None
-            b.duration = round(sum(x.duration for x in segs if x.rendition == main), 3) if main else 0.0
+            main = (
+                max(video, key=lambda n: max(x.height for x in segs if x.rendition == n))
+                if video
+                else None
+            )
+            b.duration = (
+                round(sum(x.duration for x in segs if x.rendition == main), 3) if main else 0.0
+            )
             b.size = sum(x.size for x in segs)
             b.renditions = ",".join(renditions)
             b.vod_ready = bool(segs) and b.recorded
             s.commit()
             return _binfo(b, b.stream.name)
+
+    def current_broadcast(self, stream: str) -> tuple[str, float] | None:
+        """The stream's latest broadcast (live, paused or just ended): (id, start epoch s)."""
+        with self.db.session() as s:
+            row = s.execute(
+                select(Broadcast.id, Broadcast.started_at).join(Stream).where(Stream.name == stream)
+                .order_by(Broadcast.started_at.desc()).limit(1)
+            ).first()  # fmt: skip
+            return (row[0], row[1].timestamp()) if row else None
+
+    def recorded_keys(self, broadcast: str) -> set[tuple[str, int]]:
+        with self.db.session() as s:
+            rows = s.execute(
+                select(RecordedSegment.rendition, RecordedSegment.sequence)
+                .where(RecordedSegment.broadcast_id == broadcast)
+            )  # fmt: skip
+            return {(r, q) for r, q in rows}
+
+    def last_activity(self, broadcast: str) -> float:
+        """When anything last happened to a broadcast: its last segment or its start."""
+        last = self.last_segment_time(broadcast)
+        if last is not None:
+            return last
+        with self.db.session() as s:
+            b = s.get(Broadcast, broadcast)
+            return b.started_at.timestamp() if b is not None else 0.0
+
+    def live_broadcasts(self) -> dict[str, tuple[str, float]]:
+        """Open broadcasts by stream name: (id, start epoch s). Seen from any node."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(Stream.name, Broadcast.id, Broadcast.started_at).join(Stream)
+                .where(Broadcast.ended_at.is_(None)).order_by(Broadcast.started_at)
+            )  # fmt: skip
+            return {name: (bid, started.timestamp()) for name, bid, started in rows}
 
     def open_broadcasts(self) -> list[str]:
         with self.db.session() as s:
@@ -201,11 +244,19 @@ class Recordings:
         if not 0 <= start < end:
             raise ClipError("a clip needs 0 <= start < end")
         info = self.get(broadcast)
-        segs = [r for r in self.segments(broadcast) if r.rendition == _main_rendition(self.segments(broadcast))]
+        segs = [
+            r
+            for r in self.segments(broadcast)
+            if r.rendition == _main_rendition(self.segments(broadcast))
+        ]
         if not segs:
             raise ClipError("the broadcast has no recorded segments")
         t0 = segs[0].program_date_time
-        inside = [r for r in segs if r.program_date_time - t0 < end and r.program_date_time - t0 + r.duration > start]
+        inside = [
+            r
+            for r in segs
+            if r.program_date_time - t0 < end and r.program_date_time - t0 + r.duration > start
+        ]
         if not inside:
             raise ClipError(f"nothing recorded between {start:g} s and {end:g} s")
         clip = Clip(
@@ -221,7 +272,11 @@ class Recordings:
 
     def clips(self, broadcast: str | None = None) -> list[ClipInfo]:
         with self.db.session() as s:
-            q = select(Clip, Stream.name).join(Broadcast, Clip.broadcast_id == Broadcast.id).join(Stream)
+            q = (
+                select(Clip, Stream.name)
+                .join(Broadcast, Clip.broadcast_id == Broadcast.id)
+                .join(Stream)
+            )
             if broadcast:
                 q = q.where(Clip.broadcast_id == broadcast)
             return [ClipInfo(c.id, c.broadcast_id, name, c.title, c.first_sequence, c.last_sequence,

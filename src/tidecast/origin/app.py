@@ -21,12 +21,16 @@ from pydantic import BaseModel, Field
 from tidecast import __version__
 from tidecast.chat.hub import ChatHub
 from tidecast.config import Settings
+from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
 from tidecast.ingest.sessions import PublishGate
 from tidecast.origin import files
+from tidecast.origin.cache import HotCache
 from tidecast.origin.chat import chat_routes
+from tidecast.origin.metrics import metrics_router
 from tidecast.origin.recordings import recordings_router, video_pages
 from tidecast.recorder.service import Recorder
+from tidecast.store.base import ObjectNotFound
 from tidecast.transcode.coordinator import TranscodeCoordinator
 
 log = logging.getLogger("tidecast.origin")
@@ -59,6 +63,11 @@ class AppContext:
     recorder: Recorder | None = None
     chat: ChatHub | None = None
     chat_secret: bytes = b""
+    # a remote store (S3) is read through the hot-object cache; None: the local media dir
+    cache: HotCache | None = None
+    # without publishers of its own (the origin role), live status comes from the database
+    live_from_db: bool = False
+    media_root: Path | None = None  # a local store's directory (default: <data dir>/media)
 
 
 # ---------------------------------------------------------------- API models
@@ -93,7 +102,7 @@ class Health(BaseModel):
 
 def create_app(ctx: AppContext) -> FastAPI:
     settings = ctx.settings
-    media_root = settings.media_dir.resolve()
+    media_root = (ctx.media_root or settings.media_dir).resolve()
     media_root.mkdir(parents=True, exist_ok=True)
     vendor = find_vendor_dir()
     if vendor is None:
@@ -105,8 +114,17 @@ def create_app(ctx: AppContext) -> FastAPI:
     )  # fmt: skip
     api = APIRouter(prefix="/api/v1")
 
-    def stream_out(name: str, title: str) -> StreamOut:
+    recordings = Recordings(ctx.db)
+
+    async def live_elsewhere() -> dict[str, tuple[str, float]]:
+        return await asyncio.to_thread(recordings.live_broadcasts) if ctx.live_from_db else {}
+
+    def stream_out(name: str, title: str, elsewhere: dict[str, tuple[str, float]]) -> StreamOut:
         s = ctx.gate.live.get(name)
+        if s is None and name in elsewhere:
+            bid, started = elsewhere[name]
+            return StreamOut(name=name, title=title, live=True, started_at=started, broadcast=bid,
+                             watch_url=f"/watch/{name}", hls_url=f"/hls/{name}/master.m3u8")  # fmt: skip
         return StreamOut(
             name=name, title=title, live=s is not None,
             started_at=s.started_at if s else None, broadcast=s.broadcast if s else None,
@@ -125,7 +143,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     async def health() -> Health:
         return Health(
             status="ok", version=__version__, uptime_s=round(time.time() - ctx.started_at, 3),
-            live_streams=len(ctx.gate.live),
+            live_streams=len(ctx.gate.live.keys() | (await live_elsewhere()).keys()),
         )  # fmt: skip
 
     @api.get("/transcode")
@@ -138,7 +156,8 @@ def create_app(ctx: AppContext) -> FastAPI:
     @api.get("/streams", response_model=list[StreamOut])
     async def list_streams(live: bool | None = None) -> list[StreamOut]:
         rows = await asyncio.to_thread(ctx.db.list_streams)
-        out = [stream_out(r.name, r.title) for r in rows]
+        elsewhere = await live_elsewhere()
+        out = [stream_out(r.name, r.title, elsewhere) for r in rows]
         return [s for s in out if live is None or s.live == live]
 
     @api.get("/streams/{name}", response_model=StreamOut, responses={404: {}})
@@ -147,7 +166,7 @@ def create_app(ctx: AppContext) -> FastAPI:
             row = await asyncio.to_thread(ctx.db.get_stream, name)
         except StreamNotFound:
             raise HTTPException(404, f"no stream named {name!r}") from None
-        return stream_out(row.name, row.title)
+        return stream_out(row.name, row.title, await live_elsewhere())
 
     @api.post(
         "/streams", response_model=StreamCreated, status_code=201,
@@ -160,13 +179,14 @@ def create_app(ctx: AppContext) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         except NameTaken as exc:
             raise HTTPException(409, str(exc)) from None
-        base = stream_out(new.stream.name, new.stream.title)
+        base = stream_out(new.stream.name, new.stream.title, {})
         return StreamCreated(
             **base.model_dump(), stream_key=new.key,
             publish_url=settings.publish_url(),
         )  # fmt: skip
 
     app.include_router(api)
+    app.include_router(metrics_router())
     if ctx.chat is not None:
         app.include_router(chat_routes(ctx.chat, ctx.db, ctx.chat_secret, require_admin))
     if ctx.recorder is not None:
@@ -177,14 +197,20 @@ def create_app(ctx: AppContext) -> FastAPI:
     @app.api_route("/hls/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def hls(path: str, request: Request) -> Response:
         raw = request.scope.get("raw_path", b"").decode("latin-1")
+        head = request.method == "HEAD"
         try:
             target = files.resolve(media_root / "hls", raw, path)
-            served = await asyncio.to_thread(
-                files.serve, media_root, target, dict(request.headers), request.method == "HEAD"
-            )
+            if ctx.cache is not None:
+                obj = await ctx.cache.get(f"hls/{path}")
+                served = files.serve_bytes(
+                    path, obj.body, obj.etag, obj.mtime, request.headers, head
+                )
+            else:  # hot files from memory, checked against the file each time
+                hot = await files.HOT_FILES.get(media_root, target)
+                served = files.serve_hot(hot, request.headers, head)
         except files.BadPath as exc:
             return JSONResponse({"detail": str(exc)}, 400, headers=CORS)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ObjectNotFound):
             return JSONResponse({"detail": "not found"}, 404, headers=CORS)
         except OSError as exc:  # e.g. ELOOP from a symlink
             log.warning("refused %s: %s", path, exc)
@@ -236,4 +262,6 @@ def create_app(ctx: AppContext) -> FastAPI:
 
 
 def _esc(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    return (
+        text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    )

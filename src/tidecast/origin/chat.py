@@ -54,7 +54,12 @@ def raw_writer(ws: WebSocket) -> Callable[[bytes], bool] | None:
         return None
 
     def write(frame: bytes) -> bool:
-        if proto.close_sent or proto.disconnected or transport.is_closing() or not writable.is_set():
+        if (
+            proto.close_sent
+            or proto.disconnected
+            or transport.is_closing()
+            or not writable.is_set()
+        ):
             return False
         transport.write(frame)
         return True
@@ -62,7 +67,9 @@ def raw_writer(ws: WebSocket) -> Callable[[bytes], bool] | None:
     return write
 
 
-def chat_routes(hub: ChatHub, db: Database, secret: bytes, require_admin: Callable[..., None]) -> APIRouter:
+def chat_routes(
+    hub: ChatHub, db: Database, secret: bytes, require_admin: Callable[..., None]
+) -> APIRouter:
     router = APIRouter()
 
     @router.websocket("/chat/{stream}")
@@ -82,7 +89,9 @@ def chat_routes(hub: ChatHub, db: Database, secret: bytes, require_admin: Callab
                 await ws.send_text(dumps(ChatError("bad_token", str(exc)).event()))
                 await ws.close(code=4001, reason="bad token")
                 return
-        conn = hub.connect(stream, ws.send_text, lambda code, reason: ws.close(code, reason), raw_writer(ws))
+        conn = hub.connect(
+            stream, ws.send_text, lambda code, reason: ws.close(code, reason), raw_writer(ws)
+        )
         ip = ws.client.host if ws.client else "?"
         try:
             while not conn.dead:
@@ -111,7 +120,9 @@ def chat_routes(hub: ChatHub, db: Database, secret: bytes, require_admin: Callab
         except ChatError as exc:
             raise HTTPException(422, exc.message) from None
         claims = ChatClaims(name, display, body.role, time.time() + body.ttl_hours * 3600)
-        return ChatTokenOut(token=issue(secret, claims), name=display, role=body.role, expires=claims.expires)
+        return ChatTokenOut(
+            token=issue(secret, claims), name=display, role=body.role, expires=claims.expires
+        )
 
     @router.get("/api/v1/broadcasts/{broadcast}/chat", response_model=list[ChatMessageOut])
     async def chat_replay(broadcast: str) -> list[ChatMessageOut]:

@@ -80,13 +80,17 @@ def _cout(c: ClipInfo) -> ClipOut:
                    hls_url=f"{base}/master.m3u8", page_url=f"/videos/{c.id}")  # fmt: skip
 
 
-def recordings_router(recorder: Recorder, gate: PublishGate, require_admin: Callable[..., None]) -> APIRouter:
+def recordings_router(
+    recorder: Recorder, gate: PublishGate, require_admin: Callable[..., None]
+) -> APIRouter:
     api = APIRouter(prefix="/api/v1")
     rec = recorder.recordings
     admin = [Depends(require_admin)]
 
     def live_ids() -> set[str]:
-        return {s.broadcast for s in gate.live.values()} | {p.broadcast for p in gate.paused.values()}
+        return {s.broadcast for s in gate.live.values()} | {
+            p.broadcast for p in gate.paused.values()
+        }
 
     async def one(broadcast: str) -> BroadcastInfo:
         try:
@@ -104,7 +108,9 @@ def recordings_router(recorder: Recorder, gate: PublishGate, require_admin: Call
     async def get_broadcast(broadcast: str) -> BroadcastOut:
         return _bout(await one(broadcast), broadcast in live_ids())
 
-    @api.delete("/broadcasts/{broadcast}", status_code=204, dependencies=admin, responses={404: {}, 409: {}})
+    @api.delete(
+        "/broadcasts/{broadcast}", status_code=204, dependencies=admin, responses={404: {}, 409: {}}
+    )
     async def delete_broadcast(broadcast: str) -> Response:
         await one(broadcast)
         if broadcast in live_ids():
@@ -112,9 +118,15 @@ def recordings_router(recorder: Recorder, gate: PublishGate, require_admin: Call
         await recorder.delete(broadcast)
         return Response(status_code=204)
 
-    @api.get("/broadcasts/{broadcast}/download", responses={200: {"content": {"video/mp4": {}}}, 404: {}, 422: {}})
+    @api.get(
+        "/broadcasts/{broadcast}/download",
+        responses={200: {"content": {"video/mp4": {}}}, 404: {}, 422: {}},
+    )
     async def download(
-        broadcast: str, rendition: str | None = None, start: float | None = None, end: float | None = None
+        broadcast: str,
+        rendition: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
     ) -> FileResponse:
         """One MP4 of a rendition (default: the best), whole or [start, end) seconds, no re-encode."""
         info = await one(broadcast)
@@ -122,7 +134,9 @@ def recordings_router(recorder: Recorder, gate: PublishGate, require_admin: Call
         tmp = tempfile.TemporaryDirectory(prefix="tidecast-dl-")
         out = Path(tmp.name) / "out.mp4"
         try:
-            name, _ = await build_mp4(recorder.store, rows, out, rendition=rendition, start=start, end=end)
+            name, _ = await build_mp4(
+                recorder.store, rows, out, rendition=rendition, start=start, end=end
+            )
         except DownloadError as exc:
             tmp.cleanup()
             raise HTTPException(422, str(exc)) from None
@@ -130,13 +144,23 @@ def recordings_router(recorder: Recorder, gate: PublishGate, require_admin: Call
             tmp.cleanup()
             raise
         filename = f"{info.stream}-{broadcast}-{name}.mp4"
-        return FileResponse(out, media_type="video/mp4", filename=filename, background=BackgroundTask(tmp.cleanup))
+        return FileResponse(
+            out, media_type="video/mp4", filename=filename, background=BackgroundTask(tmp.cleanup)
+        )
 
-    @api.post("/clips", response_model=ClipOut, status_code=201, dependencies=admin, responses={404: {}, 422: {}})
+    @api.post(
+        "/clips",
+        response_model=ClipOut,
+        status_code=201,
+        dependencies=admin,
+        responses={404: {}, 422: {}},
+    )
     async def create_clip(body: ClipCreate) -> ClipOut:
         await one(body.broadcast)
         try:
-            clip = await asyncio.to_thread(rec.create_clip, body.broadcast, body.start, body.end, body.title)
+            clip = await asyncio.to_thread(
+                rec.create_clip, body.broadcast, body.start, body.end, body.title
+            )
         except ClipError as exc:
             raise HTTPException(422, str(exc)) from None
         await recorder.write_clip(clip)
@@ -161,10 +185,17 @@ def recordings_router(recorder: Recorder, gate: PublishGate, require_admin: Call
             raise HTTPException(404, f"no stream named {name!r}") from None
         return RetentionBody(recording=r.recording, mode=r.mode, value=r.value)
 
-    @api.put("/streams/{name}/retention", response_model=RetentionBody, dependencies=admin, responses={404: {}, 422: {}})
+    @api.put(
+        "/streams/{name}/retention",
+        response_model=RetentionBody,
+        dependencies=admin,
+        responses={404: {}, 422: {}},
+    )
     async def set_retention(name: str, body: RetentionBody) -> RetentionBody:
         try:
-            await asyncio.to_thread(rec.set_retention, name, Retention(body.recording, body.mode, body.value))
+            await asyncio.to_thread(
+                rec.set_retention, name, Retention(body.recording, body.mode, body.value)
+            )
         except StreamNotFound:
             raise HTTPException(404, f"no stream named {name!r}") from None
         except ValueError as exc:

@@ -97,6 +97,39 @@ class MediaPlaylist:
         return "\n".join(lines) + "\n"
 
 
+def parse_media_playlist(text: str, window: int, target_duration: float) -> MediaPlaylist:
+    """Read back a media playlist ``MediaPlaylist.render`` wrote (a packager taking a
+    stream over continues from what is stored). Tags it never writes are ignored."""
+    pl = MediaPlaylist(window, target_duration)
+    msn, init, pdt, duration = 0, "", None, 0.0
+    disc = gap = False
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
+            msn = int(line.split(":", 1)[1])
+        elif line.startswith("#EXT-X-DISCONTINUITY-SEQUENCE:"):
+            pl.discontinuity_sequence = int(line.split(":", 1)[1])
+        elif line.startswith("#EXT-X-TARGETDURATION:"):
+            pl.target_duration = max(pl.target_duration, int(line.split(":", 1)[1]))
+        elif line == "#EXT-X-DISCONTINUITY":
+            disc = True
+        elif line.startswith('#EXT-X-MAP:URI="'):
+            init = line[len('#EXT-X-MAP:URI="') :].split('"', 1)[0]
+        elif line.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+            stamp = line.split(":", 1)[1].replace("Z", "+00:00")
+            pdt = datetime.fromisoformat(stamp).timestamp()
+        elif line == "#EXT-X-GAP":
+            gap = True
+        elif line.startswith("#EXTINF:"):
+            duration = float(line[len("#EXTINF:") :].split(",", 1)[0])
+        elif line == "#EXT-X-ENDLIST":
+            pl.ended = True
+        elif line and not line.startswith("#"):
+            pl.segments.append(PlaylistSegment(msn, line, duration, init, pdt, disc, gap))
+            msn += 1
+            pdt, disc, gap = None, False, False
+    return pl
+
+
 @dataclass(frozen=True, slots=True)
 class Variant:
     uri: str

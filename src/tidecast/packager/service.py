@@ -25,15 +25,23 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tidecast.bus.base import Bus, Subscription
-from tidecast.messages import BroadcastEnded, BroadcastFinished, BroadcastStarted, SegmentReady
+from tidecast.messages import (
+    BroadcastEnded,
+    BroadcastFinished,
+    BroadcastStarted,
+    Message,
+    SegmentReady,
+)
 from tidecast.packager.hls import (
     AudioRendition,
     MediaPlaylist,
     PlaylistSegment,
     Variant,
+    parse_media_playlist,
     render_multivariant,
 )
-from tidecast.store.base import Store
+from tidecast.packager.leader import StreamLeadership
+from tidecast.store.base import ObjectNotFound, Store
 
 log = logging.getLogger("tidecast.packager")
 
@@ -102,11 +110,26 @@ class SegmentRecorder(Protocol):
     async def finished(self, stream: str, broadcast: str) -> object: ...
 
 
+class TakeoverSource(Protocol):
+    """What a packager taking a stream over reads from the database."""
+
+    def current_broadcast(self, stream: str) -> tuple[str, float] | None: ...
+
+    def recorded_keys(self, broadcast: str) -> set[tuple[str, int]]: ...
+
+
 class Packager:
     def __init__(
         self, store: Store, bus: Bus, *, window: int, target_duration: float,
         include_source: bool = True, recorder: SegmentRecorder | None = None,
+        leadership: StreamLeadership | None = None, takeover: TakeoverSource | None = None,
     ) -> None:  # fmt: skip
+        self.leadership = leadership
+        self.takeover = takeover
+        self._replaying: str | None = None  # the stream being rebuilt: no writes
+        self._recorded: dict[str, set[tuple[str, int]]] = {}  # broadcast -> already in the db
+        self._floor: dict[str, int] = {}  # playlist key -> next msn the stored copy has
+        self._seen: dict[str, float] = {}  # streams led elsewhere -> last message (monotonic)
         self.include_source = include_source
         self.recorder = recorder
         self.store = store
@@ -121,7 +144,12 @@ class Packager:
         self._inflight = 0
 
     async def start(self) -> None:
-        await self._drop_stale_playlists()
+        if self.leadership is None:  # the only packager: what is stored is stale
+            await self._drop_stale_playlists()
+        else:
+            self.leadership.on_lost.append(self._forget)
+            self.leadership.start()
+            self._tasks.append(asyncio.create_task(self._watch_leaders(), name="packager-watch"))
         for pattern in ("broadcast.>", "segment.>"):
             sub = self.bus.subscribe(pattern)
             self._subs.append(sub)
@@ -139,11 +167,16 @@ class Packager:
         for sub in self._subs:
             await sub.aclose()
         for task in self._tasks:
+            if task.get_name() == "packager-watch":
+                task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for st in self.streams.values():
-            if st.end_pending:
+            if st.end_pending and self._may_write(st.name):
                 await self._end_stream(st, force=True)
+        if self.leadership is not None:
+            await self.leadership.aclose()
 
     async def _drop_stale_playlists(self) -> None:
         """Live playlists left by an earlier run describe nothing live: remove them."""
@@ -158,19 +191,135 @@ class Packager:
             self._inflight += 1
             try:
                 async with self._lock:
-                    if isinstance(msg, SegmentReady):
-                        await self._on_segment(msg)
-                    elif isinstance(msg, BroadcastStarted):
-                        self._on_started(msg)
-                    elif isinstance(msg, BroadcastEnded):
-                        self._on_ended(msg)
-                    elif isinstance(msg, BroadcastFinished):
-                        await self._on_finished(msg)
+                    if await self._leads(msg):
+                        await self._handle(msg)
             except Exception:
                 log.exception("packager failed on %s", delivery.subject)
             finally:
                 self._inflight -= 1
             await delivery.ack()
+
+    async def _handle(self, msg: Message) -> None:
+        if isinstance(msg, SegmentReady):
+            await self._on_segment(msg)
+        elif isinstance(msg, BroadcastStarted):
+            self._on_started(msg)
+        elif isinstance(msg, BroadcastEnded):
+            self._on_ended(msg)
+        elif isinstance(msg, BroadcastFinished):
+            await self._on_finished(msg)
+
+    # ------------------------------------------------------------ leadership
+    async def _leads(self, msg: Message) -> bool:
+        """Whether this packager handles ``msg``: always when it is the only one;
+        otherwise only for streams it holds the lease of (taking a free one over)."""
+        stream = getattr(msg, "stream", None)
+        if self.leadership is None or not isinstance(stream, str):
+            return True
+        if self.leadership.leads(stream):
+            return True
+        if stream in self.streams:  # the lease ran out under us: rebuild before writing
+            self._forget(stream)
+        self._seen[stream] = time.monotonic()
+        if not await self.leadership.try_lead(stream):
+            return False
+        await self._take_over(stream)
+        return True
+
+    async def _watch_leaders(self) -> None:
+        """Take over streams whose leader went quiet even when no message comes (the
+        last message of a broadcast may be the one its dead leader never handled)."""
+        assert self.leadership is not None
+        while True:
+            await asyncio.sleep(self.leadership.ttl / 2)
+            now = time.monotonic()
+            for stream, seen in list(self._seen.items()):
+                if now - seen > 600:
+                    del self._seen[stream]
+                    continue
+                if self.leadership.leads(stream):
+                    continue
+                try:
+                    async with self._lock:
+                        if await self.leadership.try_lead(stream):
+                            await self._take_over(stream)
+                except Exception:
+                    log.exception("%s: taking over failed; trying again", stream)
+
+    def _forget(self, stream: str) -> None:
+        if self.streams.pop(stream, None) is not None:
+            log.info("%s: no longer led here; state dropped", stream)
+
+    def _may_write(self, stream: str) -> bool:
+        if self._replaying == stream:
+            return False
+        return self.leadership is None or self.leadership.leads(stream)
+
+    async def _take_over(self, stream: str) -> None:
+        """Rebuild a stream led elsewhere until now, from durable state only.
+
+        The current broadcast comes from the database and its messages from the
+        bus's log; replaying them gives the same playlists the last leader built
+        (the same inputs in the same order). Sequence numbers continue from the
+        stored playlists, segments already recorded are not recorded again, and
+        a playlist is never written behind its stored copy.
+        """
+        self.streams.pop(stream, None)
+        self._seen.pop(stream, None)
+        if self.takeover is None:
+            return
+        current = await asyncio.to_thread(self.takeover.current_broadcast, stream)
+        if current is None:
+            return
+        broadcast, started_at = current
+        st = self._stream(stream)
+        st.next_msn = await self._stored_msn_base(st, broadcast)
+        self._recorded[broadcast] = await asyncio.to_thread(self.takeover.recorded_keys, broadcast)
+        t0 = time.monotonic()
+        messages = await self.bus.replay((f"broadcast.{stream}", f"segment.{stream}"), started_at - 5.0)
+        self._replaying = stream
+        try:
+            for m in messages:
+                if getattr(m, "broadcast", None) == broadcast:  # not an earlier broadcast's
+                    await self._handle(m)
+        finally:
+            self._replaying = None
+            self._recorded.pop(broadcast, None)
+        for r in st.renditions.values():
+            await self._put_playlist(st, r)
+        await self._write_master(st, force=True)
+        log.info("%s: took over broadcast %s: %d messages replayed in %.2f s", stream, broadcast,
+                 len(messages), time.monotonic() - t0)  # fmt: skip
+
+    async def _stored_msn_base(self, st: StreamState, broadcast: str) -> int:
+        """Where the current broadcast's sequence numbers start, read back from the
+        stored playlists. Their segments of earlier broadcasts seed the new state (the
+        window keeps them, as the last leader's did), and each stored playlist sets a
+        floor the new leader never writes below."""
+        base: int | None = None
+        next_msn = 0
+        for key in await self.store.list(f"hls/{st.name}"):
+            name = key.rsplit("/", 1)[-1].removesuffix(".m3u8")
+            if key.count("/") != 2 or not key.endswith(".m3u8") or name == "master":
+                continue
+            try:
+                stored = parse_media_playlist((await self.store.get(key)).decode(), self.window,
+                                              self.target_duration)  # fmt: skip
+            except (ObjectNotFound, ValueError, UnicodeDecodeError) as exc:
+                log.warning("%s: cannot read back %s: %r", st.name, key, exc)
+                continue
+            r = st.renditions[name] = RenditionState(name, MediaPlaylist(self.window, self.target_duration))
+            r.playlist.discontinuity_sequence = stored.discontinuity_sequence
+            for seg in stored.segments:
+                if seg.uri.startswith(f"{broadcast}/"):
+                    if base is None:
+                        base = seg.msn - int(posixpath.basename(seg.uri).split(".")[0])
+                    continue
+                r.playlist.append(seg)
+                r.last_init = seg.init_uri
+            self._floor[key] = stored.next_msn
+            next_msn = max(next_msn, stored.next_msn)
+        return base if base is not None else next_msn
 
     def _stream(self, name: str) -> StreamState:
         st = self.streams.get(name)
@@ -229,9 +378,9 @@ class Packager:
         st.ended = True
         for r in st.renditions.values():
             r.playlist.end()
-            await self.store.put(media_playlist_key(st.name, r.name), r.playlist.render().encode())
+            await self._put_playlist(st, r)
         log.info("%s: playlists ended", st.name)
-        if st.finishing and self.recorder is not None:
+        if st.finishing and self.recorder is not None and self._may_write(st.name):
             try:
                 await self.recorder.finished(st.name, st.finishing)
             except Exception:
@@ -254,13 +403,21 @@ class Packager:
                 msg.rendition, MediaPlaylist(self.window, self.target_duration)
             )
             # a rendition that first appears mid-stream starts at the right msn
-        r.pending[(msg.broadcast, msg.sequence)] = msg
         nxt = r.next_seq.setdefault(msg.broadcast, 0)
+        if msg.sequence < nxt:
+            return  # a repeated delivery of a segment already listed
+        r.pending[(msg.broadcast, msg.sequence)] = msg
         published = False
         while (msg.broadcast, nxt) in r.pending:
             seg = r.pending.pop((msg.broadcast, nxt))
-            pdt = timeline.anchors.setdefault(seg.part, seg.first_frame_arrival - seg.start) + seg.start
-            if self.recorder is not None:
+            pdt = (
+                timeline.anchors.setdefault(seg.part, seg.first_frame_arrival - seg.start)
+                + seg.start
+            )
+            if self.recorder is not None and (
+                seg.rendition,
+                seg.sequence,
+            ) not in self._recorded.get(seg.broadcast, ()):
                 await self.recorder.record(seg, pdt)  # recorded before it is listed
             self._append(st, r, timeline, seg, pdt)
             nxt += 1
@@ -268,10 +425,12 @@ class Packager:
         r.next_seq[msg.broadcast] = nxt
         if not published:
             return
-        await self.store.put(media_playlist_key(st.name, r.name), r.playlist.render().encode())
+        await self._put_playlist(st, r)
         await self._write_master(st)
         if st.end_pending and self._caught_up(st):
             await self._end_stream(st)
+        if self._replaying:
+            return
         now = time.time()
         for hook in self.hooks:
             hook(msg, now)
@@ -311,7 +470,19 @@ class Packager:
         if seg.frame_rate and (seg.duration >= 0.9 * self.target_duration or not r.frame_rate):
             r.frame_rate = seg.frame_rate  # a short last segment is a poor estimate
 
-    async def _write_master(self, st: StreamState) -> None:
+    async def _put_playlist(self, st: StreamState, r: RenditionState) -> None:
+        if not self._may_write(st.name):
+            return
+        key = media_playlist_key(st.name, r.name)
+        floor = self._floor.get(key, 0)
+        if r.playlist.next_msn < floor and not r.playlist.ended:
+            log.warning("%s: not writing %s behind its stored copy (%d < %d)", st.name, r.name,
+                        r.playlist.next_msn, floor)  # fmt: skip
+            return
+        self._floor.pop(key, None)
+        await self.store.put(key, r.playlist.render().encode())
+
+    async def _write_master(self, st: StreamState, force: bool = False) -> None:
         ready = {n for n, r in st.renditions.items() if r.playlist.segments and r.codecs}
         if st.expected - ready:
             return  # list every rendition at once, or players miss the late ones
@@ -332,6 +503,8 @@ class Packager:
                                 codecs=f"{v.codecs},{a.codecs}", audio_group="audio")  # fmt: skip
             variants.append(v)
         text = render_multivariant(variants, AudioRendition("audio.m3u8") if audio else None)
-        if text != st.master_text:
+        if not self._may_write(st.name):
+            return
+        if text != st.master_text or force:
             await self.store.put(multivariant_key(st.name), text.encode())
             st.master_text = text

@@ -37,7 +37,9 @@ def vod_playlists(
     out: dict[str, bytes] = {}
     variants: dict[str, Variant] = {}
     for name, segs in by_rendition.items():
-        pl = MediaPlaylist(window=max(3, len(segs)), target_duration=max(round(s.duration) for s in segs))
+        pl = MediaPlaylist(
+            window=max(3, len(segs)), target_duration=max(round(s.duration) for s in segs)
+        )
         pl.playlist_type = "VOD"
         last_init, last_part = "", segs[0].part
         for i, s in enumerate(segs):

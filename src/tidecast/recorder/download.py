@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tidecast import ffmpeg
 from tidecast.db.recordings import SegmentRow
-from tidecast.store.local import LocalStore
+from tidecast.store.base import Store
 
 
 class DownloadError(ValueError):
@@ -25,14 +25,18 @@ def pick_rendition(rows: list[SegmentRow], rendition: str | None) -> str:
     video = {r.rendition: r.height for r in rows if r.rendition != "audio"}
     if rendition:
         if rendition not in video:
-            raise DownloadError(f"no rendition {rendition!r}; have {', '.join(sorted(video)) or 'none'}")
+            raise DownloadError(
+                f"no rendition {rendition!r}; have {', '.join(sorted(video)) or 'none'}"
+            )
         return rendition
     if not video:
         raise DownloadError("the recording has no video")
     return max(video, key=lambda n: video[n])
 
 
-def select(rows: list[SegmentRow], rendition: str, start: float | None, end: float | None) -> list[SegmentRow]:
+def select(
+    rows: list[SegmentRow], rendition: str, start: float | None, end: float | None
+) -> list[SegmentRow]:
     segs = [r for r in rows if r.rendition == rendition and not r.gap]
     if not segs:
         return []
@@ -41,10 +45,14 @@ def select(rows: list[SegmentRow], rendition: str, start: float | None, end: flo
     hi = float("inf") if end is None else end
     if hi <= lo:
         raise DownloadError("end must be after start")
-    return [r for r in segs if r.program_date_time - t0 < hi and r.program_date_time - t0 + r.duration > lo]
+    return [
+        r
+        for r in segs
+        if r.program_date_time - t0 < hi and r.program_date_time - t0 + r.duration > lo
+    ]
 
 
-async def _write_pieces(store: LocalStore, segs: list[SegmentRow], workdir: Path, name: str) -> Path:
+async def _write_pieces(store: Store, segs: list[SegmentRow], workdir: Path, name: str) -> Path:
     lines = []
     for i, (init_key, group) in enumerate(groupby(segs, key=lambda r: r.init_key)):
         piece = workdir / f"{name}-{i}.mp4"
@@ -59,7 +67,7 @@ async def _write_pieces(store: LocalStore, segs: list[SegmentRow], workdir: Path
 
 
 async def build_mp4(
-    store: LocalStore, rows: list[SegmentRow], out: Path, *, rendition: str | None = None,
+    store: Store, rows: list[SegmentRow], out: Path, *, rendition: str | None = None,
     start: float | None = None, end: float | None = None,
 ) -> tuple[str, float]:  # fmt: skip
     """Write the MP4 to ``out``; returns (rendition, duration covered)."""
@@ -72,7 +80,13 @@ async def build_mp4(
     audio = [r for r in rows if r.rendition == "audio" and r.sequence in seqs and not r.gap]
     workdir = out.parent
     vlist = await _write_pieces(store, video, workdir, "video")
-    alist = await _write_pieces(store, audio, workdir, "audio") if audio and not has_muxed_audio else None
-    args = ffmpeg.remux_mp4_args(str(vlist), str(alist) if alist else None, str(out), ffmpeg.ffmpeg_exe())
+    alist = (
+        await _write_pieces(store, audio, workdir, "audio")
+        if audio and not has_muxed_audio
+        else None
+    )
+    args = ffmpeg.remux_mp4_args(
+        str(vlist), str(alist) if alist else None, str(out), ffmpeg.ffmpeg_exe()
+    )
     await ffmpeg.run(args, 600, "download")
     return name, round(sum(r.duration for r in video), 3)

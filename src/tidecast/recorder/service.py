@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tidecast import ffmpeg
 from tidecast.db.recordings import BroadcastInfo, ClipInfo, Recordings, SegmentRow
 from tidecast.messages import SegmentReady
 from tidecast.packager.vod import vod_playlists
-from tidecast.store.local import LocalStore
+from tidecast.store.base import Store
 
 log = logging.getLogger("tidecast.recorder")
 
@@ -33,7 +34,7 @@ def clip_dir(stream: str, broadcast: str, clip: str) -> str:
 
 
 class Recorder:
-    def __init__(self, store: LocalStore, recordings: Recordings) -> None:
+    def __init__(self, store: Store, recordings: Recordings) -> None:
         self.store = store
         self.recordings = recordings
         self._recorded: dict[str, bool] = {}  # broadcast -> recording switched on
@@ -54,7 +55,9 @@ class Recorder:
         await asyncio.to_thread(self.recordings.record_segment, seg.broadcast, row)
 
     async def finished(self, stream: str, broadcast: str) -> BroadcastInfo:
-        info = await asyncio.to_thread(self.recordings.finish, broadcast, datetime.now(UTC), "ended")
+        info = await asyncio.to_thread(
+            self.recordings.finish, broadcast, datetime.now(UTC), "ended"
+        )
         self._recorded.pop(broadcast, None)
         if not info.recorded:
             removed = await self.store.delete_prefix(broadcast_dir(stream, broadcast))
@@ -87,7 +90,9 @@ class Recorder:
             data = await self.store.get(mid.init_key) + await self.store.get(mid.segment_key)
             await asyncio.to_thread(src.write_bytes, data)
             try:
-                await ffmpeg.run(ffmpeg.poster_args(str(src), str(out), exe=ffmpeg.ffmpeg_exe()), 30, "poster")
+                await ffmpeg.run(
+                    ffmpeg.poster_args(str(src), str(out), exe=ffmpeg.ffmpeg_exe()), 30, "poster"
+                )
             except ffmpeg.FFmpegError as exc:
                 log.warning("no poster for %s: %s", base, exc)
                 return
@@ -99,13 +104,24 @@ class Recorder:
         for key, data in vod_playlists(rows, base, clip.first_sequence, clip.last_sequence).items():
             await self.store.put(key, data)
 
-    async def recover(self) -> list[str]:
-        """Close broadcasts a crash left open and make them playable as VOD."""
+    async def recover(self, stale_after: float | None = None) -> list[str]:
+        """Close broadcasts a crash left open and make them playable as VOD.
+
+        Alone (``tidecast serve``) every open broadcast at start-up was left by a
+        crash. In a deployment other nodes may be streaming right now: only
+        broadcasts with nothing new for ``stale_after`` seconds are closed.
+        """
         recovered = []
         for bid in await asyncio.to_thread(self.recordings.open_broadcasts):
+            if stale_after is not None:
+                active = await asyncio.to_thread(self.recordings.last_activity, bid)
+                if time.time() - active < stale_after:
+                    continue
             last = await asyncio.to_thread(self.recordings.last_segment_time, bid)
             ended = datetime.fromtimestamp(last, UTC) if last else datetime.now(UTC)
-            info = await asyncio.to_thread(self.recordings.finish, bid, ended, "recovered after a restart")
+            info = await asyncio.to_thread(
+                self.recordings.finish, bid, ended, "recovered after a restart"
+            )
             if info.recorded:
                 await self.write_vod(info)
             recovered.append(bid)

@@ -9,14 +9,22 @@ a message never points at an object that is not stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 
-from tidecast.bus.base import Bus
+from tidecast.bus.base import Bus, Subscription
 from tidecast.media.frames import AudioConfig, MediaFrame, VideoConfig
-from tidecast.messages import BroadcastEnded, BroadcastStarted, SegmentReady, TranscodeJob
+from tidecast.messages import (
+    BroadcastEnded,
+    BroadcastStarted,
+    SegmentReady,
+    TranscodeJob,
+    TranscodeLag,
+)
 from tidecast.segmenter import cmaf
+from tidecast.segmenter.backpressure import Backpressure, Decision
 from tidecast.segmenter.core import Segmenter, SourceSegment
 from tidecast.store.base import Store
 from tidecast.transcode.ladder import Rung, rungs_for_source
@@ -66,6 +74,15 @@ class BroadcastSegmenter:
         self._stored_inits: set[object] = set()
         self._finished = False
         self.log = logging.LoggerAdapter(log, {"stream": stream})
+        # backpressure: the renditions of our jobs coming back tell how far transcoding lags
+        self.pressure = Backpressure(service.lag_threshold)
+        self._completions: Subscription | None = None
+        self._tracker: asyncio.Task[None] | None = None
+        if service.ladder:
+            self._completions = service.bus.subscribe(f"segment.{stream}")
+            self._tracker = asyncio.create_task(
+                self._track(self._completions), name=f"transcode-lag-{stream}"
+            )
         self.writer = asyncio.create_task(self._write_loop(), name=f"segmenter-{stream}")
 
     # -- sink API (called by ingest) -----------------------------------------
@@ -93,13 +110,18 @@ class BroadcastSegmenter:
         await self.writer
         await self.service.bus.publish(
             f"broadcast.{self.stream}",
-            BroadcastEnded(self.stream, self.broadcast, time.time(), reason, self.core.cut_count,
-                           self.part),  # fmt: skip
+            BroadcastEnded(
+                self.stream, self.broadcast, time.time(), reason, self.core.cut_count, self.part
+            ),
         )
+        await self._stop_tracking()
         self.service.active.pop(self.broadcast, None)
         self.log.info(
             "broadcast %s ended (%s): %d segments, %d bytes",
-            self.broadcast, reason, self.stats.segments, self.stats.bytes,
+            self.broadcast,
+            reason,
+            self.stats.segments,
+            self.stats.bytes,
         )
 
     # -- writer ----------------------------------------------------------------
@@ -108,6 +130,11 @@ class BroadcastSegmenter:
             self.queue.put_nowait(seg)
 
     async def _write_loop(self) -> None:
+        if self._completions is not None:
+            try:  # see every rendition of the first job come back
+                await self.service.bus.ready()
+            except Exception:
+                self.log.exception("the transcode lag subscription did not start")
         while (seg := await self.queue.get()) is not _END:
             try:
                 await self._store(seg)
@@ -156,10 +183,12 @@ class BroadcastSegmenter:
                 stored_at=stored_at, part=self.part,
             ),
         )  # fmt: skip
+        planned = rungs_for_source(self.service.ladder, v.width, v.height) if v else ()
         if self.service.ladder and seg.audio and a is not None:
-            planned = rungs_for_source(self.service.ladder, v.width, v.height) if v else ()
             await self._store_audio(seg, a, stored_at, tuple(r.name for r in planned) + (AUDIO,))
         if self.service.ladder and seg.video and v is not None:
+            top_first = tuple(r.name for r in sorted(planned, key=lambda r: -r.height))
+            decision = self.pressure.plan(seg.sequence, top_first, time.monotonic())
             await bus.publish(
                 f"job.transcode.{self.stream}",
                 TranscodeJob(
@@ -169,10 +198,48 @@ class BroadcastSegmenter:
                     frame_rate=round(seg.frame_rate, 3), audio_codec=a.codec if a and seg.audio else "",
                     ladder=tuple(r.to_dict() for r in self.service.ladder),
                     preset=self.service.preset, first_frame_arrival=seg.first_frame_arrival,
-                    stored_at=stored_at, part=self.part,
+                    stored_at=stored_at, part=self.part, skip=decision.skip,
                 ),
             )  # fmt: skip
+            await self._report_lag(decision)
 
+    # -- backpressure ------------------------------------------------------------
+    async def _track(self, sub: Subscription) -> None:
+        async for delivery in sub:
+            msg = delivery.message
+            if isinstance(msg, SegmentReady) and msg.broadcast == self.broadcast:
+                self.pressure.done(msg.sequence, msg.rendition)  # a gap counts as done too
+            await delivery.ack()
+
+    async def _report_lag(self, d: Decision) -> None:
+        if d.degrading:
+            self.log.warning(
+                "%s: transcoding lags %.1f s behind (threshold %.1f s): new segments skip %s",
+                self.stream, d.lag, self.pressure.threshold, ", ".join(d.skip),
+            )  # fmt: skip
+        elif d.changed:
+            self.log.info("%s: transcoding lag down to %.1f s: new segments skip %s",
+                          self.stream, d.lag, ", ".join(d.skip) or "nothing (the full ladder)")  # fmt: skip
+        await self._publish_lag(d.lag, d.skip, d.changed)
+
+    async def _publish_lag(self, lag: float, skip: tuple[str, ...], changed: bool) -> None:
+        msg = TranscodeLag(self.stream, self.broadcast, round(lag, 3), skip, time.time(),
+                           self.pressure.degraded_segments, changed, self.part)  # fmt: skip
+        try:
+            await self.service.bus.publish(f"event.transcode.{self.stream}", msg)
+        except Exception as exc:  # noqa: BLE001 - a lost lag report must not lose the segment
+            self.log.warning("could not publish the transcode lag: %r", exc)
+
+    async def _stop_tracking(self) -> None:
+        """The session is over: report it clear, stop watching renditions."""
+        if self._completions is None:
+            return
+        await self._publish_lag(0.0, (), bool(self.pressure.skipped))
+        await self._completions.aclose()
+        if self._tracker is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tracker
+        self._completions = None
 
     async def _store_audio(
         self, seg: SourceSegment, a: AudioConfig, source_stored: float, renditions: tuple[str, ...]
@@ -205,13 +272,14 @@ class BroadcastSegmenter:
 class SegmenterService:
     def __init__(
         self, store: Store, bus: Bus, target: float, ladder: tuple[Rung, ...] = (),
-        preset: str = "veryfast",
+        preset: str = "veryfast", lag_threshold: float = 8.0,
     ) -> None:  # fmt: skip
         self.store = store
         self.bus = bus
         self.target = target
         self.ladder = ladder
         self.preset = preset
+        self.lag_threshold = lag_threshold  # seconds of transcode lag before rungs are skipped
         self.active: dict[str, BroadcastSegmenter] = {}
 
     def open(

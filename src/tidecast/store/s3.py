@@ -30,6 +30,8 @@ class S3Store:
         access_key: str | None = None, secret_key: str | None = None, prefix: str = "",
     ) -> None:  # fmt: skip
         self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.region = region
         self.prefix = f"{prefix.strip('/')}/" if prefix else ""
         self.client: Any = boto3.client(
             "s3", endpoint_url=endpoint_url, region_name=region,
@@ -50,14 +52,18 @@ class S3Store:
         await asyncio.to_thread(make)
 
     async def put(self, key: str, data: bytes) -> None:
-        ctype = next((v for k, v in CONTENT_TYPES.items() if key.endswith(k)), "application/octet-stream")
+        ctype = next(
+            (v for k, v in CONTENT_TYPES.items() if key.endswith(k)), "application/octet-stream"
+        )
         await asyncio.to_thread(self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data,
                                 ContentType=ctype)  # fmt: skip
 
     async def get(self, key: str) -> bytes:
         def read() -> bytes:
             try:
-                return bytes(self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read())
+                return bytes(
+                    self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+                )
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                     raise ObjectNotFound(key) from None
@@ -85,7 +91,7 @@ class S3Store:
         paginator = self.client.get_paginator("list_objects_v2")
         full = self.prefix + (prefix.rstrip("/") + "/" if prefix else "")
         for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-            keys += [o["Key"][len(self.prefix):] for o in page.get("Contents", [])]
+            keys += [o["Key"][len(self.prefix) :] for o in page.get("Contents", [])]
         return sorted(keys)
 
     async def list(self, prefix: str) -> list[str]:
@@ -96,7 +102,9 @@ class S3Store:
             keys = self._list(check_key(prefix))
             for i in range(0, len(keys), 1000):
                 chunk = [{"Key": self.prefix + k} for k in keys[i : i + 1000]]
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+                self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True}
+                )
             return len(keys)
 
         return await asyncio.to_thread(remove)

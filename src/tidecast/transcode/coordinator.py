@@ -7,6 +7,8 @@ hang past the timeout — is handed back to the bus with exponential backoff;
 after ``max_attempts`` it goes to the dead-letter subject
 ``dead.transcode.<stream>``, is logged as an error and counted, and every
 rendition of that segment is announced as a gap so the playlists move on.
+Rungs a job skips (backpressure, see ``segmenter.backpressure``) are announced
+as gaps along with the rungs it encoded.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tidecast.bus.base import Bus, Delivery, Subscription
 from tidecast.messages import JobFailed, SegmentReady, TranscodeJob, encode
-from tidecast.transcode.job import planned_rungs, rendition_prefix
+from tidecast.transcode.job import planned_rungs, rendition_prefix, skipped_rungs
+from tidecast.transcode.ladder import Rung
 
 log = logging.getLogger("tidecast.transcode")
 
@@ -43,9 +45,9 @@ class TranscodeStats:
 
 
 class WorkerProcess:
-    def __init__(self, index: int, store_root: Path, job_timeout: float) -> None:
+    def __init__(self, index: int, store_url: str, job_timeout: float) -> None:
         self.index = index
-        self.store_root = store_root
+        self.store_url = store_url
         self.job_timeout = job_timeout
         self.proc: asyncio.subprocess.Process | None = None
         self.current: TranscodeJob | None = None
@@ -58,7 +60,7 @@ class WorkerProcess:
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tidecast.transcode.worker",
-            "--store", str(self.store_root), "--timeout", str(self.job_timeout),
+            "--store", self.store_url, "--timeout", str(self.job_timeout),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, limit=1 << 20,
         )  # fmt: skip
@@ -111,16 +113,17 @@ class WorkerProcess:
 
 class TranscodeCoordinator:
     def __init__(
-        self, bus: Bus, store_root: Path, *, workers: int = 0, max_attempts: int = 3,
-        backoff: float = 0.5, job_timeout: float = 120.0,
+        self, bus: Bus, store_url: str, *, workers: int = 0, max_attempts: int = 3,
+        backoff: float = 0.5, job_timeout: float = 120.0, progress_every: float = 5.0,
     ) -> None:  # fmt: skip
         self.bus = bus
-        self.store_root = store_root
+        self.store_url = store_url
         self.workers = [
-            WorkerProcess(i, store_root, job_timeout) for i in range(workers or os.cpu_count() or 1)
+            WorkerProcess(i, store_url, job_timeout) for i in range(workers or os.cpu_count() or 1)
         ]
         self.max_attempts = max_attempts
         self.backoff = backoff
+        self.progress_every = progress_every  # well inside the bus's ack wait
         self.stats = TranscodeStats()
         self._queue: asyncio.Queue[Delivery | None] = asyncio.Queue()
         self._sub: Subscription | None = None
@@ -130,9 +133,13 @@ class TranscodeCoordinator:
         for w in self.workers:
             await w.start()
         self._sub = self.bus.subscribe("job.transcode.>", group="transcode")
-        self._tasks.append(asyncio.create_task(self._dispatch(self._sub), name="transcode-dispatch"))
+        self._tasks.append(
+            asyncio.create_task(self._dispatch(self._sub), name="transcode-dispatch")
+        )
         for w in self.workers:
-            self._tasks.append(asyncio.create_task(self._work(w), name=f"transcode-worker-{w.index}"))
+            self._tasks.append(
+                asyncio.create_task(self._work(w), name=f"transcode-worker-{w.index}")
+            )
 
     def busy(self) -> bool:
         return bool(
@@ -167,6 +174,7 @@ class TranscodeCoordinator:
                 await delivery.ack()
                 continue
             t0 = time.monotonic()
+            beat = asyncio.create_task(self._heartbeat(delivery), name="transcode-heartbeat")
             try:
                 reply = await worker.run(job)
             except WorkerDied as exc:
@@ -175,6 +183,8 @@ class TranscodeCoordinator:
                 await worker.start()
                 await self._failed(delivery, job, str(exc), permanent=False)
                 continue
+            finally:
+                beat.cancel()
             if reply.get("ok"):
                 self.stats.jobs_done += 1
                 self.stats.job_seconds.append(time.monotonic() - t0)
@@ -182,12 +192,23 @@ class TranscodeCoordinator:
                 await self._announce(job, reply)
                 await delivery.ack()
             else:
-                await self._failed(delivery, job, str(reply.get("error")), bool(reply.get("permanent")))
+                await self._failed(
+                    delivery, job, str(reply.get("error")), bool(reply.get("permanent"))
+                )
+
+    async def _heartbeat(self, delivery: Delivery) -> None:
+        """Tell the bus the job is alive, so only a dead worker's job is handed on."""
+        while True:
+            await asyncio.sleep(self.progress_every)
+            try:
+                await delivery.in_progress()
+            except Exception as exc:  # noqa: BLE001 - a missed beat only risks a duplicate job
+                log.warning("%s: could not extend the job's ack wait: %r", delivery.subject, exc)
 
     async def _announce(self, job: TranscodeJob, reply: dict[str, object]) -> None:
         outputs = reply["outputs"]
         assert isinstance(outputs, list)
-        names = tuple(o["rendition"] for o in outputs) + (("audio",) if job.audio_codec else ())
+        names = _renditions(job)
         now = time.time()
         for o in outputs:
             await self.bus.publish(
@@ -203,26 +224,11 @@ class TranscodeCoordinator:
                     renditions=names, part=job.part,
                 ),
             )  # fmt: skip
+        await self._announce_gaps(job, skipped_rungs(job))  # skipped for backpressure
 
-    async def _failed(self, delivery: Delivery, job: TranscodeJob, error: str, permanent: bool) -> None:
-        self.stats.attempts_failed += 1
-        attempt = delivery.attempt
-        if not permanent and attempt < self.max_attempts:
-            delay = self.backoff * 2 ** (attempt - 1)
-            self.stats.retries += 1
-            log.warning("%s#%d failed (attempt %d/%d), retrying in %.1f s: %s",
-                        job.stream, job.sequence, attempt, self.max_attempts, delay, error)  # fmt: skip
-            await delivery.nak(delay)
-            return
-        self.stats.dead_lettered += 1
-        log.error("%s#%d dead-lettered after %d attempts: %s", job.stream, job.sequence, attempt, error)
-        await self.bus.publish(
-            f"dead.transcode.{job.stream}",
-            JobFailed(job=json.loads(encode(job))["body"], attempts=attempt, error=error[-2000:],
-                      failed_at=time.time()),
-        )  # fmt: skip
-        rungs = planned_rungs(job)
-        names = tuple(r.name for r in rungs) + (("audio",) if job.audio_codec else ())
+    async def _announce_gaps(self, job: TranscodeJob, rungs: tuple[Rung, ...]) -> None:
+        """Segments that were not made: listed as EXT-X-GAP, at the same sequence number."""
+        names = _renditions(job)
         for r in rungs:
             prefix = rendition_prefix(job, r.name)
             await self.bus.publish(
@@ -235,14 +241,42 @@ class TranscodeCoordinator:
                     part=job.part,
                 ),
             )  # fmt: skip
+
+    async def _failed(
+        self, delivery: Delivery, job: TranscodeJob, error: str, permanent: bool
+    ) -> None:
+        self.stats.attempts_failed += 1
+        attempt = delivery.attempt
+        if not permanent and attempt < self.max_attempts:
+            delay = self.backoff * 2 ** (attempt - 1)
+            self.stats.retries += 1
+            log.warning("%s#%d failed (attempt %d/%d), retrying in %.1f s: %s",
+                        job.stream, job.sequence, attempt, self.max_attempts, delay, error)  # fmt: skip
+            await delivery.nak(delay)
+            return
+        self.stats.dead_lettered += 1
+        log.error(
+            "%s#%d dead-lettered after %d attempts: %s", job.stream, job.sequence, attempt, error
+        )
+        await self.bus.publish(
+            f"dead.transcode.{job.stream}",
+            JobFailed(job=json.loads(encode(job))["body"], attempts=attempt, error=error[-2000:],
+                      failed_at=time.time()),
+        )  # fmt: skip
+        await self._announce_gaps(job, planned_rungs(job))
         await delivery.ack()
 
     def snapshot(self) -> dict[str, object]:
         js = sorted(self.stats.job_seconds)
         return {
-            "workers": [{"index": w.index, "pid": w.pid,
-                         "job": f"{w.current.stream}#{w.current.sequence}" if w.current else None}
-                        for w in self.workers],  # fmt: skip
+            "workers": [
+                {
+                    "index": w.index,
+                    "pid": w.pid,
+                    "job": f"{w.current.stream}#{w.current.sequence}" if w.current else None,
+                }
+                for w in self.workers
+            ],  # fmt: skip
             "jobs_done": self.stats.jobs_done,
             "attempts_failed": self.stats.attempts_failed,
             "retries": self.stats.retries,
@@ -251,3 +285,8 @@ class TranscodeCoordinator:
             "job_seconds_p50": js[len(js) // 2] if js else None,
             "job_seconds_mean": sum(js) / len(js) if js else None,
         }
+
+
+def _renditions(job: TranscodeJob) -> tuple[str, ...]:
+    """Every rendition made from the job's source segment (skipped rungs included)."""
+    return tuple(r.name for r in planned_rungs(job)) + (("audio",) if job.audio_codec else ())

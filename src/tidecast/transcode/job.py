@@ -53,6 +53,15 @@ def planned_rungs(job: TranscodeJob) -> tuple[Rung, ...]:
     return rungs_for_source(ladder, job.width, job.height)
 
 
+def encoded_rungs(job: TranscodeJob) -> tuple[Rung, ...]:
+    """The planned rungs the job really encodes: all but those it skips (backpressure)."""
+    return tuple(r for r in planned_rungs(job) if r.name not in job.skip)
+
+
+def skipped_rungs(job: TranscodeJob) -> tuple[Rung, ...]:
+    return tuple(r for r in planned_rungs(job) if r.name in job.skip)
+
+
 def output_size(rung: Rung, src_w: int, src_h: int) -> tuple[int, int]:
     if src_h > src_w:  # portrait: the rung height is the short side
         return rung.height, max(2, round(rung.height * src_h / src_w / 2) * 2)
@@ -127,9 +136,9 @@ def find_avcc(init: bytes) -> bytes:
 async def run_job(
     job: TranscodeJob, store: Store, *, exe: str, timeout: float, workdir: Path | None = None,
 ) -> list[RenditionOutput]:  # fmt: skip
-    rungs = planned_rungs(job)
+    rungs = encoded_rungs(job)
     if not rungs:
-        raise JobError(f"no rung fits a {job.width}x{job.height} source")
+        raise JobError(f"no rung to encode for a {job.width}x{job.height} source")
     src_init = await store.get(job.source_init_key)
     src_seg = await store.get(job.source_segment_key)
     try:
@@ -146,7 +155,9 @@ async def run_job(
         outs = []
         for r in rungs:
             w, h = output_size(r, job.width, job.height)
-            outs.append(ffmpeg.RungOutput(w, h, r.video_kbps, r.profile, str(Path(tmp) / f"{r.name}.mp4")))
+            outs.append(
+                ffmpeg.RungOutput(w, h, r.video_kbps, r.profile, str(Path(tmp) / f"{r.name}.mp4"))
+            )
         args = ffmpeg.transcode_segment_args(str(src_path), outs, job.preset, exe=exe)
         try:
             await ffmpeg.run(args, timeout, name=f"transcode {job.stream}#{job.sequence}")
@@ -177,4 +188,6 @@ async def _store_rendition(
         await store.put(init_key, init)
     segment_key = f"{prefix}/{job.sequence:06d}.m4s"
     await store.put(segment_key, media)
-    return RenditionOutput(rung.name, init_key, segment_key, len(media), video.codec, video.width, video.height)
+    return RenditionOutput(
+        rung.name, init_key, segment_key, len(media), video.codec, video.width, video.height
+    )

@@ -48,7 +48,11 @@ def parse_ladder(text: str) -> tuple[Rung, ...]:
             height, kbps = int(parts[0].rstrip("p")), int(parts[1])
         except (IndexError, ValueError):
             raise LadderError(f"bad ladder rung {item!r}: use HEIGHT:KBPS[:PROFILE]") from None
-        profile = parts[2] if len(parts) > 2 else ("high" if height >= 1080 else "main" if height > 240 else "baseline")
+        profile = (
+            parts[2]
+            if len(parts) > 2
+            else ("high" if height >= 1080 else "main" if height > 240 else "baseline")
+        )
         if profile not in ("high", "main", "baseline"):
             raise LadderError(f"bad profile {profile!r} in {item!r}")
         if not (64 <= height <= 4320 and 50 <= kbps <= 100_000):

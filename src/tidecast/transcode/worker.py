@@ -1,4 +1,4 @@
-"""A transcode worker process: ``python -m tidecast.transcode.worker --store DIR``.
+"""A transcode worker process: ``python -m tidecast.transcode.worker --store URL``.
 
 Reads one JSON request per line on stdin ({"job": <bus wire form>}), runs it,
 answers one JSON line on stdout ({"ok": true, "outputs": [...]} or
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from tidecast import ffmpeg
 from tidecast.messages import MessageError, TranscodeJob, decode
-from tidecast.store.local import LocalStore
+from tidecast.store.base import Store
+from tidecast.store.factory import open_store
 from tidecast.transcode.job import JobError, run_job
 
 log = logging.getLogger("tidecast.worker")
@@ -33,7 +34,9 @@ def _fault(name: str) -> str:
     return os.environ.get(f"TIDECAST_FAULT_{name}", "")
 
 
-async def handle(line: str, store: LocalStore, exe: str, timeout: float, delayed: set[int]) -> dict[str, object]:
+async def handle(
+    line: str, store: Store, exe: str, timeout: float, delayed: set[int]
+) -> dict[str, object]:
     try:
         job = decode(json.loads(line)["job"].encode())
     except (ValueError, KeyError, TypeError, MessageError) as exc:
@@ -55,8 +58,8 @@ async def handle(line: str, store: LocalStore, exe: str, timeout: float, delayed
     return {"ok": True, "outputs": [dataclasses.asdict(o) for o in outputs]}
 
 
-async def serve(store_root: Path, timeout: float) -> None:
-    store = LocalStore(store_root)
+async def serve(store_url: str, timeout: float) -> None:
+    store = open_store(store_url, Path("."))
     exe = ffmpeg.ffmpeg_exe()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
@@ -69,9 +72,15 @@ async def serve(store_root: Path, timeout: float) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description="tidecast transcode worker (stdin/stdout JSON lines)")
-    parser.add_argument("--store", required=True, type=Path, help="media store root")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a hung ffmpeg is killed")
+    parser = argparse.ArgumentParser(
+        description="tidecast transcode worker (stdin/stdout JSON lines)"
+    )
+    parser.add_argument(
+        "--store", required=True, help="media store URL (file:///dir or s3://bucket/prefix)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds before a hung ffmpeg is killed"
+    )
     args = parser.parse_args()
     # Ctrl-C in a terminal reaches the whole process group; the coordinator owns our
     # lifecycle (it closes stdin, we finish the current job and exit), so ignore it

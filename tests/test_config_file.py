@@ -1,0 +1,77 @@
+"""One config file for every role: TOML, the TIDECAST_* names in lower case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tidecast.config import ConfigError, Settings, from_env, from_file
+from tidecast.store.factory import open_store, store_url_of
+from tidecast.store.local import LocalStore
+from tidecast.store.s3 import S3Store
+
+
+def test_file_then_env_then_flags(tmp_path: Path) -> None:
+    conf = tmp_path / "t.toml"
+    conf.write_text('bus_url = "nats://10.0.0.5:4222"\nworkers = 3\nsource_rendition = true\n'
+                    'lease_ttl = 5\nstore_url = "s3://media/live?endpoint=http://127.0.0.1:9000"\n')  # fmt: skip
+    s = from_file(conf)
+    assert s.bus_url == "nats://10.0.0.5:4222" and s.workers == 3 and s.source_rendition and s.lease_ttl == 5.0
+    s = from_env({"TIDECAST_WORKERS": "2"}, base=s)
+    assert s.workers == 2 and s.bus_url == "nats://10.0.0.5:4222"
+    assert s.with_overrides(workers=1).workers == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bus_ulr = 'nats://x'", r"unknown setting\(s\) bus_ulr"),
+        ("workers = 'many'", "workers"),
+        ("workers = [1]", "plain value"),
+        ("bus_url = 'http://x'", "nats://"),
+        ("store_url = 'ftp://x'", "store URL"),
+        ("store_url = 's3:///nobucket'", "name a bucket"),
+        ("store_url = 's3://b/p?endpoint=http://x&colour=red'", "colour"),
+        ("lease_ttl = 0.1", "lease_ttl"),
+        ("workers = 3\n[section]\nx = 1", "section"),
+        ("= broken", "t.toml"),
+    ],
+)
+def test_bad_config_files_are_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
+    conf = tmp_path / "t.toml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        from_file(conf)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        from_file(tmp_path / "nope.toml")
+
+
+def test_store_urls_round_trip(tmp_path: Path) -> None:
+    local = open_store("", tmp_path / "media")
+    assert isinstance(local, LocalStore) and local.root == (tmp_path / "media").resolve()
+    again = open_store(store_url_of(local), tmp_path / "elsewhere")
+    assert isinstance(again, LocalStore) and again.root == local.root
+    s3 = open_store("s3://bucket/some/prefix?endpoint=http://127.0.0.1:9000&region=eu-west-1", tmp_path)
+    assert isinstance(s3, S3Store) and s3.bucket == "bucket" and s3.prefix == "some/prefix/"
+    back = open_store(store_url_of(s3), tmp_path)
+    assert isinstance(back, S3Store) and (back.bucket, back.prefix, back.endpoint_url, back.region) == (
+        "bucket", "some/prefix/", "http://127.0.0.1:9000", "eu-west-1")  # fmt: skip
+    assert Settings().store_url == ""
+
+
+def test_roles_refuse_to_start_without_what_they_need(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('workers = "x"\n')
+    out = subprocess.run([sys.executable, "-m", "tidecast", "worker", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2 and "workers = 'x'" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "tidecast", "packager", "--data-dir", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 2 and "needs a bus" in out.stderr
