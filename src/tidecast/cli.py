@@ -9,7 +9,8 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tidecast.config import ConfigError, Settings, from_env, from_file
 
@@ -238,13 +239,13 @@ def _banner(node: object) -> None:
     print("\n".join(out) + "\n", flush=True)
 
 
-def _run_role(role: str, settings: Settings) -> int:
-    from tidecast.roles import ROLES
+def _until_stopped(name: str, make: Callable[[], Any], started: Callable[[Any], None]) -> int:
+    """Build and start a node, run until SIGINT/SIGTERM, then close it cleanly."""
 
     async def run() -> None:
-        node = ROLES[role](settings)
+        node = make()
         await node.start()
-        print(f"tidecast {role}: {node.describe()}", flush=True)
+        started(node)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -254,35 +255,29 @@ def _run_role(role: str, settings: Settings) -> int:
     try:
         asyncio.run(run())
     except OSError as exc:
-        print(f"tidecast {role}: cannot start: {exc}", file=sys.stderr)
+        print(f"{name}: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_role(role: str, settings: Settings) -> int:
+    from tidecast.roles import ROLES
+
+    return _until_stopped(f"tidecast {role}", lambda: ROLES[role](settings),
+                          lambda node: print(f"tidecast {role}: {node.describe()}", flush=True))  # fmt: skip
 
 
 def _serve(settings: Settings) -> int:
     from tidecast.node import Node
 
-    async def run() -> None:
-        node = Node(settings)
-        await node.start()
+    def started(node: Node) -> None:
         # long-lived start-up objects leave the collector's view, and young
         # collections run less often: fewer pauses under many connections
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)
         _banner(node)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await node.aclose()
 
-    try:
-        asyncio.run(run())
-    except OSError as exc:
-        print(f"tidecast: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return _until_stopped("tidecast", lambda: Node(settings), started)
 
 
 def _streams(args: argparse.Namespace, settings: Settings) -> int:

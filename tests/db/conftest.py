@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -43,16 +42,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'db.sqlite'}"
         return
-    if not _pg_up():
-        _start_pg()
-        assert _pg_up(), "PostgreSQL did not come up"
-    name = "tidecast_test_" + secrets.token_hex(4)
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    from tests.services import pg_database
+
+    with pg_database() as url:
+        yield url

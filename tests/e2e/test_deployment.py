@@ -81,6 +81,35 @@ class PlaylistWatcher(threading.Thread):
         client.close()
 
 
+class EdgeViewer(threading.Thread):
+    """Headless Chromium plays the live stream through the edge (hls.js on the watch
+    page) for a while during the chaos; records how far playback got."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.seconds = seconds
+        self.played = 0.0
+        self.stats: dict[str, object] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from tests.e2e.browser import chromium_page
+
+        try:
+            with chromium_page() as page:
+                page.goto(self.url)  # type: ignore[attr-defined]
+                page.wait_for_function("window.tidecastPlayer && window.tidecastPlayer.state === 'playing'",  # type: ignore[attr-defined]
+                                       timeout=40_000)  # fmt: skip
+                t0 = page.evaluate("document.getElementById('video').currentTime")  # type: ignore[attr-defined]
+                time.sleep(self.seconds)
+                t1 = page.evaluate("document.getElementById('video').currentTime")  # type: ignore[attr-defined]
+                self.played = t1 - t0
+                self.stats = page.evaluate("window.tidecastPlayer.stats()")  # type: ignore[attr-defined]
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's assertion
+            self.error = exc
+
+
 def check_through_edge(base: str, pl: m3u8.M3U8, *, video: bool) -> None:
     """Every segment comes through the edge and the timeline runs on without a gap or
     overlap (each fragment's decode time = the previous one's + its duration, within
@@ -163,6 +192,9 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
                         got = ev
                 assert got is not None and got["text"] == "across origins" and got["user"] == "near"
 
+            viewer = EdgeViewer(f"{d.edge}/watch/chaos", 15)
+            viewer.start()
+
             # chaos: a random worker SIGKILLed every ~5 s (and started again), the
             # packager leading the stream SIGKILLed once
             kills: list[str] = []
@@ -184,6 +216,9 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
                     d.start("packager", leader, wait=False)
             assert pub.wait(30) == 0, pub.stderr.read().decode(errors="replace")[-2000:] if pub.stderr else ""
             assert packager_killed and len(kills) >= 10, kills
+            viewer.join(60)
+            assert viewer.error is None, repr(viewer.error)
+            assert viewer.played > 10, f"played {viewer.played:.1f} s in 15 s through the edge: {viewer.stats}"
 
             # every rendition ends with every segment, in order, continuous
             base = f"{d.origin('origin-1')}/hls/chaos"
