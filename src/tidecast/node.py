@@ -35,6 +35,7 @@ from tidecast.ingest.rtmp.server import RTMPServer
 from tidecast.ingest.sessions import PublishGate
 from tidecast.origin.app import AppContext, create_app
 from tidecast.origin.cache import HotCache
+from tidecast.origin.fastpath import fast_path_protocol
 from tidecast.origin.metrics import MetricsListener
 from tidecast.packager.service import Packager
 from tidecast.recorder.service import Recorder
@@ -178,7 +179,7 @@ class Node:
         self.http_port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.app, log_level="warning", access_log=False, lifespan="off", ws_max_size=16 * 1024,
-            timeout_graceful_shutdown=2,
+            timeout_graceful_shutdown=2, http=http_protocol(self.store),
         )  # fmt: skip
         self._http = _EmbeddedHTTPServer(config)
         self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="http")
@@ -234,9 +235,19 @@ class _EmbeddedHTTPServer(uvicorn.Server):
         yield
 
 
+def http_protocol(store: object) -> type[asyncio.Protocol] | str:
+    """Stored HLS objects of a local store go out through the sendfile fast path;
+    everything else (and a remote store's objects) through the app."""
+    if isinstance(store, LocalStore):
+        return fast_path_protocol(store.root)
+    return "httptools"
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio turns Nagle off only on sockets that say so,
+    # and small responses written in two parts must not wait for a delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)

@@ -1,6 +1,13 @@
-"""Metadata: streams, their keys, and broadcasts (SQLAlchemy; SQLite embedded, PostgreSQL later)."""
+"""Metadata: streams, their keys, broadcasts, segments, chat, leases (SQLAlchemy;
+SQLite embedded, PostgreSQL scaled out; Alembic migrations)."""
 
-from tidecast.db.models import Base, Broadcast, Stream
-from tidecast.db.repo import Database, NameTaken, StreamNotFound
+import logging as _logging
+
+# alembic narrates every start at INFO, some of it at import: quiet it before that;
+# what a migration changed is logged by tidecast.db.migrate
+_logging.getLogger("alembic").setLevel(_logging.WARNING)
+
+from tidecast.db.models import Base, Broadcast, Stream  # noqa: E402
+from tidecast.db.repo import Database, NameTaken, StreamNotFound  # noqa: E402
 
 __all__ = ["Base", "Broadcast", "Database", "NameTaken", "Stream", "StreamNotFound"]

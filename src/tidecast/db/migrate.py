@@ -36,8 +36,6 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger("tidecast.db.migrate")
-# alembic narrates every start at INFO; what changed is logged here instead
-logging.getLogger("alembic").setLevel(logging.WARNING)
 
 SCRIPT_LOCATION = "tidecast.db:migrations"
 INITIAL = "0001"  # the schema as the builds before migrations made it
