@@ -22,7 +22,7 @@ def test_bench_origin_reports_both_servers_and_the_ratio() -> None:
         pytest.fail("wrk and nginx are needed: scripts/setup.sh --test installs them")
     out = subprocess.run(
         [sys.executable, "-m", "tidecast", "bench", "origin", "--seconds", "1",
-         "--connections", "8", "--media-seconds", "8"],
+         "--connections", "8", "--media-seconds", "6", "--size", "640x360"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr

@@ -40,7 +40,7 @@ def test_pipeline_resumes_after_a_nats_restart(tmp_path: Path) -> None:
                        d.start("ingest", "ingest-1", wait=False)]:  # fmt: skip
                 d.wait_started(rp)
             key = d.create_stream("nr")
-            p = ffmpeg.TestPattern(width=426, height=240, duration=24, clock=False, video_bitrate_k=400,
+            p = ffmpeg.TestPattern(width=426, height=240, duration=16, clock=False, video_bitrate_k=400,
                                    preset="ultrafast")  # fmt: skip
             url = f"rtmp://127.0.0.1:{d.procs['ingest-1'].rtmp_port}/live/{key}"
             pub = subprocess.Popen(ffmpeg.publish_test_pattern_args(p, url, ffmpeg.ffmpeg_exe()),
@@ -71,7 +71,7 @@ def test_pipeline_resumes_after_a_nats_restart(tmp_path: Path) -> None:
                 assert "#EXT-X-GAP" not in text, f"{r}: a segment was lost"
                 assert len(seqs) > before[r]
                 counts.add(len(seqs))
-            assert len(counts) == 1 and counts.pop() >= 11, "renditions differ, or segments are missing"
+            assert len(counts) == 1 and counts.pop() >= 7, "renditions differ, or segments are missing"
             logs = d.logs()
             assert "retrying" in logs or "reconnect" in logs.lower(), "the restart went unnoticed"
         finally:
