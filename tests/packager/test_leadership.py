@@ -164,3 +164,34 @@ async def test_a_takeover_continues_sequence_numbers_of_an_earlier_broadcast(
     msn = {s.uri: pl.media_sequence + i for i, s in enumerate(pl.segments)}
     assert msn[f"{second}/source/000000.m4s"] == 3 and msn[f"{second}/source/000001.m4s"] == 4
     await b.aclose()
+
+
+async def test_the_end_of_a_broadcast_its_dead_leader_never_handled(setup: tuple[Database, LocalStore]) -> None:
+    """The leader dies just before the last messages: the stand-by takes over when the
+    lease expires (no new message needed), ends the playlists and writes the VOD."""
+    db, store = setup
+    bus = MemoryBus()
+    a, b = packager(db, store, bus), packager(db, store, bus)
+    await a.start()
+    await b.start()
+    recordings = Recordings(db)
+    t0 = time.time()
+    bid = "20261125T000200Z-cccccc"
+    recordings.start(db.list_streams()[0].id, bid, datetime.fromtimestamp(t0, UTC), "t", True)
+    await bus.publish("broadcast.s", BroadcastStarted("s", bid, t0))
+    for n in range(3):
+        await bus.publish("segment.s", seg(bid, n, t0))
+    await wait_listed(store, 3)
+    leader = a if a.leadership and a.leadership.leads("s") else b
+    other = b if leader is a else a
+    await crash(leader)
+    await bus.publish("broadcast.s", BroadcastEnded("s", bid, time.time(), "unpublished", 3))
+    recordings.end(bid, datetime.now(UTC), "unpublished")
+    await bus.publish("broadcast.s", BroadcastFinished("s", bid, time.time(), "unpublished"))
+    deadline = time.monotonic() + TTL * 8
+    while time.monotonic() < deadline and not (await playlist(store) or m3u8.M3U8()).is_endlist:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    final = await playlist(store)
+    assert final is not None and final.is_endlist and len(final.segments) == 3
+    assert not recordings.needs_vod(bid) and recordings.get(bid).vod_ready
+    await other.aclose()

@@ -186,6 +186,12 @@ class Recordings:
             )  # fmt: skip
             return {(r, q) for r, q in rows}
 
+    def needs_vod(self, broadcast: str) -> bool:
+        """Ended and recorded, but its VOD was never written (its packager died)."""
+        with self.db.session() as s:
+            b = s.get(Broadcast, broadcast)
+            return b is not None and b.ended_at is not None and b.recorded and not b.vod_ready
+
     def last_activity(self, broadcast: str) -> float:
         """When anything last happened to a broadcast: its last segment or its start."""
         last = self.last_segment_time(broadcast)

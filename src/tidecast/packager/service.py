@@ -117,6 +117,8 @@ class TakeoverSource(Protocol):
 
     def recorded_keys(self, broadcast: str) -> set[tuple[str, int]]: ...
 
+    def needs_vod(self, broadcast: str) -> bool: ...
+
 
 class Packager:
     def __init__(
@@ -288,6 +290,10 @@ class Packager:
         for r in st.renditions.values():
             await self._put_playlist(st, r)
         await self._write_master(st, force=True)
+        if st.ended and st.finishing:  # the last leader may have died before writing the VOD
+            if await asyncio.to_thread(self.takeover.needs_vod, st.finishing):
+                await self._finish_recording(st)
+            st.finishing = None
         log.info("%s: took over broadcast %s: %d messages replayed in %.2f s", stream, broadcast,
                  len(messages), time.monotonic() - t0)  # fmt: skip
 
@@ -380,6 +386,11 @@ class Packager:
             r.playlist.end()
             await self._put_playlist(st, r)
         log.info("%s: playlists ended", st.name)
+        if self._replaying == st.name:
+            return  # whether the last leader finished the recording is checked after the replay
+        await self._finish_recording(st)
+
+    async def _finish_recording(self, st: StreamState) -> None:
         if st.finishing and self.recorder is not None and self._may_write(st.name):
             try:
                 await self.recorder.finished(st.name, st.finishing)
