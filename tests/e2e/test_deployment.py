@@ -1,7 +1,9 @@
 """The scale-out deployment on one host, each role its own process: 2 ingest, 3
 workers, 2 packagers, 2 origins behind the nginx edge, on PostgreSQL, NATS and an
-S3 API server. A 60 s 720p publish survives SIGKILLed workers (one every ~5 s)
-and the active packager SIGKILLed once; playlists are watched throughout."""
+S3 API server. A 60 s 720p publish survives SIGKILLed workers (one every ~5 s),
+the active packager SIGKILLed once and NATS restarted once (a NATS server of the
+test's own, JetStream on disk); playlists are watched throughout, and nothing
+accepted before, during or after the faults is lost."""
 
 from __future__ import annotations
 
@@ -19,12 +21,11 @@ import pytest
 import websockets.sync.client as ws_client
 from sqlalchemy import create_engine, text
 
-from tests.bus.test_bus_contract import NATS_URL, ensure_nats
 from tests.conftest import wait_for
 from tests.e2e.deployment import Deployment
 from tests.e2e.media_check import decode_segment
 from tests.e2e.test_abr import FPS
-from tests.services import pg_database, s3_server
+from tests.services import NatsServer, pg_database, s3_server
 from tidecast import ffmpeg
 from tidecast.media import fmp4
 
@@ -148,11 +149,12 @@ def active_packager(db_url: str, stream: str) -> int | None:
 
 
 def test_deployment_survives_chaos(tmp_path: Path) -> None:
-    ensure_nats()
+    nats = NatsServer(tmp_path / "nats-store")  # the test's own: it is restarted mid-publish
+    nats.start()
     prefix = "dep" + secrets.token_hex(3)
     with s3_server() as s3, pg_database() as db:
         d = Deployment(tmp_path / "deploy", {
-            "bus_url": NATS_URL, "bus_prefix": prefix, "database_url": db,
+            "bus_url": nats.url, "bus_prefix": prefix, "database_url": db,
             "store_url": f"s3://tidecast/live?endpoint={s3}", "ladder": "720:2500,360:700",
             "x264_preset": "ultrafast", "reconnect_grace": 3.0, "lease_ttl": 3.0, "job_ack_wait": 6.0,
             "transcode_attempts": 10, "workers": 1, "playlist_window": 200,
@@ -197,9 +199,9 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
             viewer.start()
 
             # chaos: a random worker SIGKILLed every ~5 s (and started again), the
-            # packager leading the stream SIGKILLed once
+            # packager leading the stream SIGKILLed once, NATS stopped for 3 s once
             kills: list[str] = []
-            packager_killed = False
+            packager_killed = nats_restarted = False
             t0 = time.monotonic()
             while pub.poll() is None and time.monotonic() - t0 < 90:
                 time.sleep(5)
@@ -215,8 +217,13 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
                     kills.append(leader)
                     packager_killed = True
                     d.start("packager", leader, wait=False)
+                elif packager_killed and not nats_restarted and time.monotonic() - t0 > 35:
+                    nats.stop()  # segments cut meanwhile wait in the ingest for the bus
+                    time.sleep(3)
+                    nats.start()
+                    nats_restarted = True
             assert pub.wait(30) == 0, pub.stderr.read().decode(errors="replace")[-2000:] if pub.stderr else ""
-            assert packager_killed and len(kills) >= 10, kills
+            assert packager_killed and nats_restarted and len(kills) >= 10, kills
             viewer.join(60)
             assert viewer.error is None, repr(viewer.error)
             assert viewer.played > 9, f"played {viewer.played:.1f} s in 15 s through the edge: {viewer.stats}"
@@ -244,7 +251,7 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
                 check_through_edge(f"{d.edge}/hls/chaos", pl, video=r != "audio")
             assert len(counts) == 1 and counts.pop() >= 29, "renditions differ or too few segments"
             text_log = d.logs()
-            assert "took over broadcast" in text_log
+            assert "took over broadcast" in text_log and "reconnected" in text_log
 
             # the edge caches segments (HIT) and keeps serving with one origin stopped
             pl = m3u8.loads(httpx.get(f"{d.edge}/hls/chaos/720p.m3u8").text)
@@ -259,3 +266,4 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
             assert master.status_code == 200 and "720p.m3u8" in master.text
         finally:
             d.close()
+            nats.stop()
