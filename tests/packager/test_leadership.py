@@ -193,5 +193,8 @@ async def test_the_end_of_a_broadcast_its_dead_leader_never_handled(setup: tuple
         await asyncio.sleep(0.05)
     final = await playlist(store)
     assert final is not None and final.is_endlist and len(final.segments) == 3
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and recordings.needs_vod(bid):  # written right after the playlists  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
     assert not recordings.needs_vod(bid) and recordings.get(bid).vod_ready
     await other.aclose()
