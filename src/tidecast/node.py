@@ -175,19 +175,7 @@ class Node:
         if self.transcoder is not None:
             await self.transcoder.start()
         await self.bus.ready()  # every consumer is listening before the first publisher
-        sock = _bind(self.settings.host, self.settings.http_port)
-        self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, lifespan="off", ws_max_size=16 * 1024,
-            timeout_graceful_shutdown=2, http=http_protocol(self.store),
-        )  # fmt: skip
-        self._http = _EmbeddedHTTPServer(config)
-        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="http")
-        while not self._http.started:
-            if self._http_task.done():
-                await self._http_task
-                raise RuntimeError("HTTP server stopped during start-up")
-            await asyncio.sleep(0.01)
+        self._http, self._http_task, self.http_port = await start_http(self.app, self.settings, self.store)
         await self.rtmp.start()
         log.info("HTTP origin listening on %s:%d", self.settings.host, self.http_port)
 
@@ -241,6 +229,26 @@ def http_protocol(store: object) -> type[asyncio.Protocol] | str:
     if isinstance(store, LocalStore):
         return fast_path_protocol(store.root)
     return "httptools"
+
+
+async def start_http(
+    app: object, settings: Settings, store: object
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """Serve ``app`` on the configured address (the fast path in front for a local
+    store); returns once it accepts connections: (server, its task, bound port)."""
+    sock = _bind(settings.host, settings.http_port)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", ws_max_size=16 * 1024,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=2, http=http_protocol(store),
+    )  # fmt: skip
+    server = _EmbeddedHTTPServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError("HTTP server stopped during start-up")
+        await asyncio.sleep(0.01)
+    return server, task, sock.getsockname()[1]
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -37,7 +37,7 @@ from tidecast.db.leases import Leases
 from tidecast.db.recordings import Recordings
 from tidecast.ingest.rtmp.server import RTMPServer
 from tidecast.ingest.sessions import PublishGate
-from tidecast.node import _bind, _EmbeddedHTTPServer, admin_secrets, http_protocol, open_database
+from tidecast.node import admin_secrets, open_database, start_http
 from tidecast.origin.app import AppContext, create_app
 from tidecast.origin.cache import HotCache
 from tidecast.origin.metrics import MetricsListener
@@ -285,18 +285,7 @@ class OriginNode:
             await self.bus.ready()
         await self.directory.refresh()
         self.directory.start()
-        sock = _bind(self.settings.host, self.settings.http_port)
-        self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                ws_max_size=16 * 1024, timeout_graceful_shutdown=2,
-                                http=http_protocol(self.store))  # fmt: skip
-        self._http = _EmbeddedHTTPServer(config)
-        self._task = asyncio.create_task(self._http.serve(sockets=[sock]), name="origin-http")
-        while not self._http.started:
-            if self._task.done():
-                await self._task
-                raise RuntimeError("HTTP server stopped during start-up")
-            await asyncio.sleep(0.01)
+        self._http, self._task, self.http_port = await start_http(self.app, self.settings, self.store)
         log.info("origin listening on %s:%d", self.settings.host, self.http_port)
 
     async def aclose(self) -> None:
