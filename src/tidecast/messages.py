@@ -7,17 +7,23 @@ never media bytes. ``encode``/``decode`` are the wire format every bus uses.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import sys
+import typing
 from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar, dataclass_transform
+from typing import Any, ClassVar, TypeVar, dataclass_transform
+
+MAX_MESSAGE = 1 << 20  # bytes: bus messages are small records, never media
 
 
 class MessageError(ValueError):
-    """Bytes on the bus that are not a known message."""
+    """Bytes on the bus that are not a known, well-formed message."""
 
 
 _REGISTRY: dict[str, type[Message]] = {}
+_HINTS: dict[type, dict[str, Any]] = {}
 M = TypeVar("M", bound="Message")
 
 
@@ -30,6 +36,8 @@ class Message:
 def message(cls: type[M]) -> type[M]:
     """Class decorator: a frozen dataclass registered under its ``kind``."""
     out = dataclass(frozen=True, slots=True)(cls)
+    if out.kind in _REGISTRY:
+        raise TypeError(f"two message classes of kind {out.kind!r}")
     _REGISTRY[out.kind] = out
     return out
 
@@ -39,21 +47,91 @@ def encode(msg: Message) -> bytes:
     return json.dumps({"kind": msg.kind, "body": body}, separators=(",", ":")).encode()
 
 
-def decode(data: bytes) -> Message:
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    return hints
+
+
+def _convert(value: object, tp: Any, where: str) -> object:
+    """``value`` (from JSON) as type ``tp``, or MessageError."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, list | tuple):
+            inner = args[0] if args else Any
+            return tuple(_convert(v, inner, f"{where}[]") for v in value)
+    elif origin is dict:
+        key_t, val_t = typing.get_args(tp) or (str, Any)
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return {k: _convert(v, val_t, f"{where}.{k}") for k, v in value.items()}
+    else:  # pragma: no cover - a field type this module does not use
+        raise TypeError(f"unsupported message field type {tp!r}")
+    raise MessageError(f"{where}: expected {getattr(tp, '__name__', tp)}, got {type(value).__name__}")
+
+
+def decode_with_extras(data: bytes) -> tuple[Message, tuple[str, ...]]:
+    """The message in ``data`` and the names of fields it carries that this version
+    does not know (a newer sender: they are ignored, so rolling upgrades work).
+
+    Raises MessageError for anything else: not JSON, no known ``kind``, a required
+    field missing, a field of the wrong type, an oversized message.
+    """
+    if len(data) > MAX_MESSAGE:
+        raise MessageError(f"message of {len(data)} bytes is over the {MAX_MESSAGE} byte limit")
     try:
         raw = json.loads(data)
-        cls = _REGISTRY[raw["kind"]]
-        body = raw["body"]
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name in body:
-                value = body[f.name]
-                kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-                if f.name in ("timings", "job", "event"):
-                    kwargs[f.name] = value
-        return cls(**kwargs)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise MessageError(f"undecodable bus message: {exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
+        raise MessageError("not a message: no kind")
+    cls = _REGISTRY.get(raw["kind"])
+    if cls is None:
+        raise MessageError(f"unknown message kind {raw['kind']!r}")
+    body = raw.get("body")
+    if not isinstance(body, dict):
+        raise MessageError(f"{cls.kind}: no body")
+    hints = _hints(cls)
+    kwargs: dict[str, object] = {}
+    known = set()
+    for f in dataclasses.fields(cls):
+        known.add(f.name)
+        if f.name in body:
+            kwargs[f.name] = _convert(body[f.name], hints[f.name], f"{cls.kind}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise MessageError(f"{cls.kind}: required field {f.name!r} is missing")
+    try:
+        msg = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise MessageError(f"{cls.kind}: {exc}") from None
+    return msg, tuple(sorted(k for k in body if k not in known))
+
+
+def decode(data: bytes) -> Message:
+    """The message in ``data`` (unknown extra fields ignored); MessageError if it is none."""
+    return decode_with_extras(data)[0]
+
+
+def excerpt(data: bytes, limit: int = 120) -> str:
+    """A short printable excerpt of raw bus bytes, for log lines."""
+    text = data[:limit].decode("utf-8", errors="replace")
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text + ("..." if len(data) > limit else "")
 
 
 @message
@@ -121,11 +199,20 @@ class SegmentReady(Message):
     renditions: tuple[str, ...] = ()  # every rendition made from the same source segment
     gap: bool = False  # could not be produced: list it as EXT-X-GAP
     part: int = 0  # publisher session within the broadcast (a reconnect starts a new part)
+    heal: bool = False  # made after the fact for a segment first listed as a gap
 
 
 @message
 class TranscodeJob(Message):
-    """Encode one stored source segment into every rung of the ladder that fits it."""
+    """Encode one stored source segment into the rungs of the ladder it gets.
+
+    ``rungs`` are planned once, by the segmenter, for this source's size (never
+    upscaled, top first); every stage after it reads them from the job.
+    ``renditions`` names everything made from the same source segment (the rungs
+    and the shared audio rendition): the packager waits for all of them.
+    A ``heal`` job is low priority: it re-encodes, after the fact, rungs that a
+    live job skipped (backpressure) or lost (dead-lettered), for the recording.
+    """
 
     kind: ClassVar[str] = "transcode.job"
     stream: str
@@ -139,13 +226,15 @@ class TranscodeJob(Message):
     height: int
     frame_rate: float
     audio_codec: str  # "" when the source has no audio
-    ladder: tuple[dict[str, object], ...]  # Rung.to_dict() of every configured rung
+    rungs: tuple[dict[str, object], ...]  # Rung.to_dict() of every rung this source gets
     preset: str = "veryfast"
     first_frame_arrival: float = 0.0
     stored_at: float = 0.0
     part: int = 0
-    # rungs not encoded because transcoding lags (backpressure): announced as gaps
+    # rungs not encoded by this job (backpressure; for a heal job: the ones not healed)
     skip: tuple[str, ...] = ()
+    renditions: tuple[str, ...] = ()
+    heal: bool = False
 
 
 @message
@@ -187,3 +276,74 @@ class ChatEvent(Message):
     stream: str
     node: str
     event: dict[str, object]
+
+
+@message
+class DeadLetter(Message):
+    """A bus message no consumer could take (undecodable, or its handler raised),
+    copied to ``dead.<subject>``: logged, counted, and never redelivered."""
+
+    kind: ClassVar[str] = "bus.dead"
+    subject: str
+    reason: str
+    consumer: str
+    payload: str  # base64 of the message bytes as they were on the bus
+    size: int
+    at: float  # wall clock
+
+    @staticmethod
+    def of(subject: str, data: bytes, reason: str, consumer: str, at: float) -> DeadLetter:
+        return DeadLetter(subject, reason[:2000], consumer, base64.b64encode(data).decode(), len(data), at)
+
+    def data(self) -> bytes:
+        return base64.b64decode(self.payload)
+
+
+# --------------------------------------------------------------- worker protocol
+# Not bus messages: the coordinator and its worker processes talk in JSON lines.
+
+
+@dataclass(frozen=True, slots=True)
+class RenditionOutput:
+    """One rendition of one segment, as a transcode job stored it."""
+
+    rendition: str
+    init_key: str
+    segment_key: str
+    size: int
+    codecs: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReply:
+    """A worker process's answer to one job."""
+
+    ok: bool
+    outputs: tuple[RenditionOutput, ...] = ()
+    error: str = ""
+    permanent: bool = False  # retrying cannot help (a bad request)
+    reused: bool = False  # a redelivered job: the outputs were already stored, nothing encoded
+    duplicate: bool = False  # encoded, but another attempt had stored the outputs meanwhile
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @staticmethod
+    def from_json(line: bytes | str) -> WorkerReply:
+        try:
+            raw = json.loads(line)
+            if not isinstance(raw, dict):
+                raise TypeError("not an object")
+            outputs = tuple(
+                RenditionOutput(**{f.name: o[f.name] for f in dataclasses.fields(RenditionOutput)})
+                for o in raw.get("outputs", ())
+            )
+            return WorkerReply(
+                ok=bool(raw["ok"]), outputs=outputs, error=str(raw.get("error", "")),
+                permanent=bool(raw.get("permanent", False)), reused=bool(raw.get("reused", False)),
+                duplicate=bool(raw.get("duplicate", False)),
+            )  # fmt: skip
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MessageError(f"bad worker reply: {exc}") from None

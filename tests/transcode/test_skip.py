@@ -19,7 +19,7 @@ def job(skip: tuple[str, ...] = (), **kw: object) -> TranscodeJob:
     fields: dict[str, object] = dict(
         stream="s", broadcast="b", sequence=7, start=14.0, duration=2.0,
         source_init_key="hls/s/b/source/init-p0g0.mp4", source_segment_key="hls/s/b/source/000007.m4s",
-        width=1280, height=720, frame_rate=30.0, audio_codec="mp4a.40.2", ladder=LADDER, skip=skip,
+        width=1280, height=720, frame_rate=30.0, audio_codec="mp4a.40.2", rungs=LADDER, skip=skip,
     )  # fmt: skip
     fields.update(kw)
     return TranscodeJob(**fields)  # type: ignore[arg-type]

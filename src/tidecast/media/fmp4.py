@@ -29,7 +29,9 @@ from tidecast.media.errors import MediaError
 from tidecast.media.frames import AudioConfig, TrackKind, VideoConfig
 
 __all__ = [
+    "AUDIO_TRACK",
     "VIDEO_TIMESCALE",
+    "VIDEO_TRACK",
     "Box",
     "Fragment",
     "Sample",
@@ -44,6 +46,9 @@ __all__ = [
     "segment_durations",
 ]
 
+# track ids of tidecast's CMAF segments: one video and one audio track at most
+VIDEO_TRACK = 1
+AUDIO_TRACK = 2
 VIDEO_TIMESCALE = 90000
 
 _U16 = 0xFFFF

@@ -11,8 +11,8 @@ from tidecast.media import fmp4
 from tidecast.media.frames import AudioConfig, VideoConfig
 from tidecast.segmenter.core import VIDEO_TIMESCALE, SourceSegment
 
-VIDEO_TRACK = 1
-AUDIO_TRACK = 2
+VIDEO_TRACK = fmp4.VIDEO_TRACK
+AUDIO_TRACK = fmp4.AUDIO_TRACK
 
 
 def tracks_for(video: VideoConfig | None, audio: AudioConfig | None) -> list[fmp4.Track]:

@@ -24,9 +24,8 @@ from tidecast import ffmpeg
 from tidecast.media import fmp4, h264
 from tidecast.media.errors import MediaError
 from tidecast.messages import TranscodeJob
-from tidecast.segmenter.cmaf import VIDEO_TRACK
 from tidecast.store.base import Store
-from tidecast.transcode.ladder import Rung, rungs_for_source
+from tidecast.transcode.ladder import Rung
 
 
 class JobError(RuntimeError):
@@ -49,8 +48,8 @@ def rendition_prefix(job: TranscodeJob, rendition: str) -> str:
 
 
 def planned_rungs(job: TranscodeJob) -> tuple[Rung, ...]:
-    ladder = tuple(Rung.from_dict(dict(d)) for d in job.ladder)
-    return rungs_for_source(ladder, job.width, job.height)
+    """The rungs the segmenter planned for the job's source (top first)."""
+    return tuple(Rung.from_dict(dict(d)) for d in job.rungs)
 
 
 def encoded_rungs(job: TranscodeJob) -> tuple[Rung, ...]:
@@ -146,9 +145,9 @@ async def run_job(
         src_cts = fmp4.read_first_composition_offsets(src_seg)
     except MediaError as exc:
         raise JobError(f"bad source segment {job.source_segment_key}: {exc}") from exc
-    if VIDEO_TRACK not in src_times:
+    if fmp4.VIDEO_TRACK not in src_times:
         raise JobError(f"source segment {job.source_segment_key} has no video")
-    first_pts = src_times[VIDEO_TRACK] + src_cts.get(VIDEO_TRACK, 0)
+    first_pts = src_times[fmp4.VIDEO_TRACK] + src_cts.get(fmp4.VIDEO_TRACK, 0)
     with tempfile.TemporaryDirectory(prefix="tidecast-job-", dir=workdir) as tmp:
         src_path = Path(tmp) / "source.mp4"
         await asyncio.to_thread(src_path.write_bytes, src_init + src_seg)
@@ -176,9 +175,9 @@ async def _store_rendition(
     try:
         init, media = split_output(data)
         init = normalize_init(init)
-        out_cts = fmp4.read_first_composition_offsets(media).get(VIDEO_TRACK, 0)
+        out_cts = fmp4.read_first_composition_offsets(media).get(fmp4.VIDEO_TRACK, 0)
         # the first picture is shown exactly when the source's first picture was
-        media = fmp4.rewrite_base_decode_times(media, {VIDEO_TRACK: first_pts - out_cts})
+        media = fmp4.rewrite_base_decode_times(media, {fmp4.VIDEO_TRACK: first_pts - out_cts})
         video = h264.parse_avcc(find_avcc(init))
     except MediaError as exc:
         raise JobError(f"unusable transcoder output for {rung.name}: {exc}") from exc

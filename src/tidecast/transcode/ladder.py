@@ -78,3 +78,17 @@ def rungs_for_source(ladder: tuple[Rung, ...], src_w: int, src_h: int) -> tuple[
     low = min(ladder, key=lambda r: r.height)
     even = short - short % 2
     return (Rung(f"{even}p", even, low.video_kbps, low.profile, low.audio_kbps),)
+
+
+@dataclass(frozen=True, slots=True)
+class Ladder:
+    """The configured ladder; ``plan`` is what the segmenter asks of transcoding."""
+
+    rungs: tuple[Rung, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.rungs)
+
+    def plan(self, width: int, height: int) -> tuple[Rung, ...]:
+        """The rungs a ``width`` x ``height`` source gets, top first."""
+        return tuple(sorted(rungs_for_source(self.rungs, width, height), key=lambda r: -r.height))
