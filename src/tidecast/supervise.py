@@ -63,8 +63,12 @@ class Supervisor:
             raise ValueError(f"{self.component}: a task named {name!r} is already running")
         task = asyncio.create_task(self._keep(name, factory, kind or name), name=name)
         self._long[name] = task
-        task.add_done_callback(lambda t, n=name: self._long.pop(n, None) if self._long.get(n) is t else None)
+        task.add_done_callback(self._forget)
         return task
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        if self._long.get(task.get_name()) is task:
+            del self._long[task.get_name()]
 
     def running(self, name: str) -> bool:
         t = self._long.get(name)

@@ -38,8 +38,10 @@ async def test_fan_out_and_queue_groups() -> None:
     for i in range(4):
         await bus.publish("segment.main", make_segment(i))
     assert a.pending() == 4 and b.pending() == 4
-    assert w1.pending() + w2.pending() == 4
-    assert w1.pending() == 2  # round robin
+    assert w1.pending() == w2.pending() == 4  # one shared queue: members pull from it
+    got = [await w1.next(0.1), await w2.next(0.1), await w1.next(0.1), await w2.next(0.1)]
+    assert sorted(d.message.sequence for d in got if d is not None) == [0, 1, 2, 3]  # type: ignore[attr-defined]
+    assert await w1.next(0.05) is None  # each message went to one member
 
 
 async def test_nak_redelivers_with_attempt_count() -> None:

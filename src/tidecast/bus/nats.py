@@ -101,13 +101,24 @@ class NatsSubscription:
     def pending(self) -> int:
         return self.queue.qsize()
 
+    async def next(self, timeout: float | None = None) -> Delivery | None:
+        if self.closed:
+            return None
+        try:
+            item = await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+        if item is None:
+            return None
+        msg, attempt = item
+        return self._delivery(msg, attempt)
+
     async def __aiter__(self) -> AsyncIterator[Delivery]:
         while True:
-            item = await self.queue.get()
-            if item is None:
+            d = await self.next()
+            if d is None:
                 return
-            msg, attempt = item
-            yield self._delivery(msg, attempt)
+            yield d
 
     def _delivery(self, msg: Msg, attempt: int) -> Delivery:
         durable = self._task is not None
@@ -124,8 +135,12 @@ class NatsSubscription:
             if durable:
                 await msg.in_progress()
 
+        async def term() -> None:
+            if durable:
+                await msg.term()
+
         subject = msg.subject.removeprefix(self.bus.prefix)
-        return Delivery(subject, decode(msg.data), attempt, ack, nak, progress)
+        return Delivery(subject, decode(msg.data), attempt, ack, nak, progress, term, msg.data)
 
     async def aclose(self) -> None:
         if self.closed:
@@ -196,7 +211,9 @@ class NatsBus:
         log.info("bus on NATS %s (JetStream stream %s)", self.url, self.stream)
 
     async def publish(self, subject: str, message: Message) -> None:
-        data = encode(message)
+        await self.publish_raw(subject, encode(message))
+
+    async def publish_raw(self, subject: str, data: bytes) -> None:
         full = self.prefix + subject
         if subject.split(".", 1)[0] not in DURABLE_ROOTS:
             await self.nc.publish(full, data)
