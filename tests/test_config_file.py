@@ -75,3 +75,18 @@ def test_roles_refuse_to_start_without_what_they_need(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "tidecast", "packager", "--data-dir", str(tmp_path / "d")],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 2 and "needs a bus" in out.stderr
+
+
+def test_the_banner_names_a_command_that_runs_as_shown(tmp_path: Path) -> None:
+    """After the README's set-up the CLI is .venv/bin/tidecast, not on PATH: the banner's
+    'try it' line must say so; python -m tidecast gets this interpreter."""
+    import sys
+
+    from tidecast.cli import own_command
+
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "tidecast").write_text("#!/bin/sh\n")
+    assert own_command(".venv/bin/tidecast", str(tmp_path)) == ".venv/bin/tidecast"
+    assert own_command(str(venv_bin / "tidecast"), str(tmp_path / "elsewhere")) == str(venv_bin / "tidecast")
+    assert own_command("/some/path/__main__.py", str(tmp_path)) == f"{sys.executable} -m tidecast"

@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -204,6 +207,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
+def own_command(argv0: str | None = None, cwd: str | None = None) -> str:
+    """How to run this tidecast again from the same shell: ``tidecast`` when that is
+    what PATH finds, else the script's path as typed (``.venv/bin/tidecast`` after the
+    README's set-up), else ``python -m tidecast`` with this interpreter."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    here = os.getcwd() if cwd is None else cwd
+    if os.path.basename(argv0) == "tidecast":
+        found = shutil.which("tidecast")
+        full = os.path.abspath(os.path.join(here, argv0))
+        if found is not None and os.path.realpath(found) == os.path.realpath(full):
+            return "tidecast"
+        rel = os.path.relpath(full, here)
+        if rel.startswith(".."):
+            return full
+        return rel if "/" in rel else f"./{rel}"
+    return f"{shlex.quote(sys.executable)} -m tidecast"
+
+
 def _banner(node: object) -> None:
     from tidecast.node import Node
 
@@ -225,7 +246,7 @@ def _banner(node: object) -> None:
             f"  stream key:            {d.key}",
             f"  publish URL:           {s.publish_url(d.key)}",
             f"  watch:                 http://{s.url_host}:{node.http_port}/watch/{d.stream.name}",
-            f"  try it:                tidecast publish {s.publish_url(d.key)}",
+            f"  try it:                {own_command()} publish {s.publish_url(d.key)}",
         ]
     else:
         names = ", ".join(x.name for x in node.db.list_streams())

@@ -19,14 +19,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tidecast.bus.base import Bus, Subscription
+from tidecast.bus.base import Bus, Delivery, Subscription
+from tidecast.bus.consumer import consume
 from tidecast.chat.protocol import ChatError, dumps, parse_client_frame
 from tidecast.chat.room import ChatLimits, Room
 from tidecast.db.chat import ChatLog, StoredMessage
 from tidecast.messages import ChatEvent
+from tidecast.metrics import REGISTRY
+from tidecast.supervise import Supervisor
 
 log = logging.getLogger("tidecast.chat")
 
+MAX_UNSTORED = 50_000  # chat messages waiting for the database; past it the oldest are dropped
 QUIET_ROOM = 50  # bigger rooms get no join/leave lines, only the (coalesced) viewer count
 PRESENCE_EVERY = 1.0  # seconds: viewer counts are sent at most this often per room
 
@@ -44,6 +48,7 @@ class ChatStats:
     slow_disconnects: int = 0
     direct_writes: int = 0
     queued_writes: int = 0
+    unstored_dropped: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -91,15 +96,18 @@ class ChatHub:
         self.stats = ChatStats()
         self._ids = itertools.count(1)
         self._sub: Subscription | None = None
-        self._task: asyncio.Task[None] | None = None
         self._pending_rows: list[StoredMessage] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._presence_dirty: set[str] = set()
+        self.sup = Supervisor("chat")
+        self._unstored = REGISTRY.counter(
+            "tidecast_chat_unstored_dropped_total",
+            "Chat messages never stored: the database was away and too many were waiting.",
+        )
 
     async def start(self) -> None:
-        self._sub = self.bus.subscribe("chat.>")
-        self._task = asyncio.create_task(self._consume(self._sub), name="chat-fanout")
-        self._flusher = asyncio.create_task(self._flush_loop(), name="chat-persist")
+        sub = self._sub = self.bus.subscribe("chat.>")
+        self.sup.spawn("chat-fanout", lambda: consume(sub, self._on_event, bus=self.bus, name="chat"))
+        self.sup.spawn("chat-persist", self._flush_loop)
 
     async def aclose(self) -> None:
         for conns in list(self.local.values()):
@@ -107,12 +115,11 @@ class ChatHub:
                 await self._drop(c, 1001, "server shutting down")
         if self._sub is not None:
             await self._sub.aclose()
-        for t in (self._task, self._flusher):
-            if t is not None:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-        await self._flush()
+        await self.sup.aclose()
+        try:
+            await self._flush()
+        except Exception:
+            log.exception("chat: %d messages could not be stored at shutdown", len(self._pending_rows))
 
     def room(self, stream: str) -> Room:
         r = self.rooms.get(stream)
@@ -126,7 +133,7 @@ class ChatHub:
     # -- one connection --------------------------------------------------------------
     def connect(self, stream: str, send: SendText, close: CloseFn, raw: RawWrite | None = None) -> Connection:
         conn = Connection(next(self._ids), stream, send, close, asyncio.Queue(self.queue_size), raw=raw)
-        conn.writer = asyncio.create_task(self._writer(conn), name=f"chat-writer-{conn.id}")
+        conn.writer = self.sup.run(f"chat-writer-{conn.id}", self._writer(conn))
         self.stats.connections += 1
         return conn
 
@@ -202,7 +209,7 @@ class ChatHub:
             log.warning("chat %s: connection %d is not reading; disconnecting it", conn.stream, conn.id)
             conn.dead = True
             self.local.get(conn.stream, {}).pop(conn.id, None)
-            asyncio.create_task(self._drop(conn, 1008, "too slow: send queue overflow"))
+            self.sup.run(f"chat-drop-{conn.id}", self._drop(conn, 1008, "too slow: send queue overflow"))
 
     async def _drop(self, conn: Connection, code: int, reason: str) -> None:
         conn.dead = True
@@ -233,15 +240,10 @@ class ChatHub:
         count = len(self.local.get(stream, {}))
         await self._publish(stream, [{"type": "_presence", "node": self.node, "count": count}])
 
-    async def _consume(self, sub: Subscription) -> None:
-        async for d in sub:
-            msg = d.message
-            if isinstance(msg, ChatEvent):
-                try:
-                    self._deliver(msg)
-                except Exception:
-                    log.exception("chat: could not deliver an event of %s", msg.stream)
-            await d.ack()
+    async def _on_event(self, d: Delivery) -> None:
+        """One room event from the bus (a bad one is dead-lettered by ``consume``)."""
+        if isinstance(d.message, ChatEvent):
+            self._deliver(d.message)
 
     def _deliver(self, msg: ChatEvent) -> None:
         event = dict(msg.event)
@@ -259,7 +261,7 @@ class ChatHub:
                 if m is not None and m.identity == ident:
                     conns.pop(c.id, None)
                     self._push(c, dumps({"type": "error", "code": "banned", "message": "you were banned"}))
-                    asyncio.create_task(self._drop_after_flush(c))
+                    self.sup.run(f"chat-ban-{c.id}", self._drop_after_flush(c))
         text = dumps(event)  # encoded once for every connection
         frame = text_frame(text)
         for c in list(conns.values()):
@@ -276,6 +278,15 @@ class ChatHub:
         self._pending_rows.append(StoredMessage(
             event["id"], stream, broadcast, offset, event["user"], event["role"], event["text"], event["ts"],
         ))  # fmt: skip
+        self._bound_unstored()
+
+    def _bound_unstored(self) -> None:
+        over = len(self._pending_rows) - MAX_UNSTORED
+        if over > 0:
+            del self._pending_rows[:over]
+            self.stats.unstored_dropped += over
+            self._unstored.inc(over)
+            log.error("chat: %d messages dropped unstored (the database is away)", over)
 
     async def _flush(self) -> None:
         rows, self._pending_rows = self._pending_rows, []
@@ -284,7 +295,8 @@ class ChatHub:
         try:
             await asyncio.to_thread(self.chat_log.add, rows)
         except Exception:
-            self._pending_rows[:0] = rows  # keep them for the next try
+            self._pending_rows[:0] = rows  # keep them for the next try (bounded)
+            self._bound_unstored()
             raise
 
     async def _flush_loop(self) -> None:

@@ -12,18 +12,17 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from tidecast import __version__
+from tidecast import __version__, keys
 from tidecast.chat.hub import ChatHub
 from tidecast.config import Settings
-from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
-from tidecast.ingest.sessions import PublishGate
+from tidecast.live import LiveStatus
 from tidecast.origin import files
 from tidecast.origin.cache import HotCache
 from tidecast.origin.chat import chat_routes
@@ -31,7 +30,6 @@ from tidecast.origin.metrics import metrics_router
 from tidecast.origin.recordings import recordings_router, video_pages
 from tidecast.recorder.service import Recorder
 from tidecast.store.base import ObjectNotFound
-from tidecast.transcode.coordinator import TranscodeCoordinator
 
 log = logging.getLogger("tidecast.origin")
 
@@ -52,21 +50,25 @@ def find_vendor_dir() -> Path | None:
     return None
 
 
+class TranscodeStatus(Protocol):
+    """What the API shows of the transcode workers in this process."""
+
+    def snapshot(self) -> dict[str, object]: ...
+
+
 @dataclass(slots=True)
 class AppContext:
     settings: Settings
     db: Database
-    gate: PublishGate
+    live: LiveStatus  # the ingest's own publishers, or (origin role) open broadcasts in the db
     admin_token: str
     started_at: float
-    transcoder: TranscodeCoordinator | None = None
+    transcoder: TranscodeStatus | None = None
     recorder: Recorder | None = None
     chat: ChatHub | None = None
     chat_secret: bytes = b""
     # a remote store (S3) is read through the hot-object cache; None: the local media dir
     cache: HotCache | None = None
-    # without publishers of its own (the origin role), live status comes from the database
-    live_from_db: bool = False
     media_root: Path | None = None  # a local store's directory (default: <data dir>/media)
 
 
@@ -114,22 +116,13 @@ def create_app(ctx: AppContext) -> FastAPI:
     )  # fmt: skip
     api = APIRouter(prefix="/api/v1")
 
-    recordings = Recordings(ctx.db)
-
-    async def live_elsewhere() -> dict[str, tuple[str, float]]:
-        return await asyncio.to_thread(recordings.live_broadcasts) if ctx.live_from_db else {}
-
-    def stream_out(name: str, title: str, elsewhere: dict[str, tuple[str, float]]) -> StreamOut:
-        s = ctx.gate.live.get(name)
-        if s is None and name in elsewhere:
-            bid, started = elsewhere[name]
-            return StreamOut(name=name, title=title, live=True, started_at=started, broadcast=bid,
-                             watch_url=f"/watch/{name}", hls_url=f"/hls/{name}/master.m3u8")  # fmt: skip
+    def stream_out(name: str, title: str) -> StreamOut:
+        s = ctx.live.live().get(name)
         return StreamOut(
             name=name, title=title, live=s is not None,
             started_at=s.started_at if s else None, broadcast=s.broadcast if s else None,
             video=s.video if s else "", audio=s.audio if s else "",
-            watch_url=f"/watch/{name}", hls_url=f"/hls/{name}/master.m3u8",
+            watch_url=f"/watch/{name}", hls_url=keys.url_path(keys.live_master(name)),
         )  # fmt: skip
 
     def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
@@ -143,7 +136,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     async def health() -> Health:
         return Health(
             status="ok", version=__version__, uptime_s=round(time.time() - ctx.started_at, 3),
-            live_streams=len(ctx.gate.live.keys() | (await live_elsewhere()).keys()),
+            live_streams=len(ctx.live.live()),
         )  # fmt: skip
 
     @api.get("/transcode")
@@ -156,8 +149,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     @api.get("/streams", response_model=list[StreamOut])
     async def list_streams(live: bool | None = None) -> list[StreamOut]:
         rows = await asyncio.to_thread(ctx.db.list_streams)
-        elsewhere = await live_elsewhere()
-        out = [stream_out(r.name, r.title, elsewhere) for r in rows]
+        out = [stream_out(r.name, r.title) for r in rows]
         return [s for s in out if live is None or s.live == live]
 
     @api.get("/streams/{name}", response_model=StreamOut, responses={404: {}})
@@ -166,7 +158,7 @@ def create_app(ctx: AppContext) -> FastAPI:
             row = await asyncio.to_thread(ctx.db.get_stream, name)
         except StreamNotFound:
             raise HTTPException(404, f"no stream named {name!r}") from None
-        return stream_out(row.name, row.title, await live_elsewhere())
+        return stream_out(row.name, row.title)
 
     @api.post(
         "/streams", response_model=StreamCreated, status_code=201,
@@ -179,7 +171,7 @@ def create_app(ctx: AppContext) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         except NameTaken as exc:
             raise HTTPException(409, str(exc)) from None
-        base = stream_out(new.stream.name, new.stream.title, {})
+        base = stream_out(new.stream.name, new.stream.title)
         return StreamCreated(
             **base.model_dump(), stream_key=new.key,
             publish_url=settings.publish_url(),
@@ -190,7 +182,7 @@ def create_app(ctx: AppContext) -> FastAPI:
     if ctx.chat is not None:
         app.include_router(chat_routes(ctx.chat, ctx.db, ctx.chat_secret, require_admin))
     if ctx.recorder is not None:
-        app.include_router(recordings_router(ctx.recorder, ctx.gate, require_admin))
+        app.include_router(recordings_router(ctx.recorder, ctx.live, require_admin))
         app.include_router(video_pages(ctx.recorder, WEB_DIR))
 
     # ------------------------------------------------------------ HLS objects

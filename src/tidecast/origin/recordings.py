@@ -13,9 +13,16 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
-from tidecast.db.recordings import BroadcastInfo, BroadcastNotFound, ClipError, ClipInfo, Retention
+from tidecast.db.recordings import (
+    BroadcastInfo,
+    BroadcastLive,
+    BroadcastNotFound,
+    ClipError,
+    ClipInfo,
+    Retention,
+)
 from tidecast.db.repo import StreamNotFound
-from tidecast.ingest.sessions import PublishGate
+from tidecast.live import LiveStatus, live_broadcast_ids
 from tidecast.recorder.download import DownloadError, build_mp4
 from tidecast.recorder.service import Recorder, broadcast_dir, clip_dir
 
@@ -81,16 +88,14 @@ def _cout(c: ClipInfo) -> ClipOut:
 
 
 def recordings_router(
-    recorder: Recorder, gate: PublishGate, require_admin: Callable[..., None]
+    recorder: Recorder, live: LiveStatus, require_admin: Callable[..., None]
 ) -> APIRouter:
     api = APIRouter(prefix="/api/v1")
     rec = recorder.recordings
     admin = [Depends(require_admin)]
 
     def live_ids() -> set[str]:
-        return {s.broadcast for s in gate.live.values()} | {
-            p.broadcast for p in gate.paused.values()
-        }
+        return live_broadcast_ids(live)
 
     async def one(broadcast: str) -> BroadcastInfo:
         try:
@@ -113,9 +118,10 @@ def recordings_router(
     )
     async def delete_broadcast(broadcast: str) -> Response:
         await one(broadcast)
-        if broadcast in live_ids():
-            raise HTTPException(409, "the broadcast is live; stop it first")
-        await recorder.delete(broadcast)
+        try:  # the database refuses an open broadcast, whatever this node believes
+            await recorder.delete(broadcast)
+        except BroadcastLive:
+            raise HTTPException(409, "the broadcast is live; stop it first") from None
         return Response(status_code=204)
 
     @api.get(

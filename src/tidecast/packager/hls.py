@@ -10,6 +10,7 @@ at least every EXTINF rounded to the nearest integer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -67,6 +68,20 @@ class MediaPlaylist:
     def end(self) -> None:
         self.ended = True
 
+    def heal(self, seg: PlaylistSegment) -> bool:
+        """Replace the EXT-X-GAP entry at ``seg.msn`` with the real segment, if the window
+        still lists it as a gap; True when it did. The URI stays the same (a gap is
+        listed under the key its segment would have), so a player that already skipped
+        the gap and one that loads the healed playlist see one timeline."""
+        for i, old in enumerate(self.segments):
+            if old.msn == seg.msn:
+                if not old.gap or seg.gap:
+                    return False
+                self.segments[i] = dataclasses.replace(seg, discontinuity=old.discontinuity)
+                self.target_duration = max(self.target_duration, round(seg.duration))
+                return True
+        return False
+
     def render(self) -> str:
         lines = [
             "#EXTM3U",
@@ -95,6 +110,25 @@ class MediaPlaylist:
         if self.ended:
             lines.append("#EXT-X-ENDLIST")
         return "\n".join(lines) + "\n"
+
+
+EPOCH_TAG = "#TIDECAST-EPOCH:"  # a comment line (players ignore it): the writer's lease epoch
+
+
+def stamp_epoch(text: str, epoch: int) -> str:
+    """``text`` with the writer's lease epoch after ``#EXTM3U`` (see ``epoch_of``)."""
+    head, _, rest = text.partition("\n")
+    return f"{head}\n{EPOCH_TAG}{epoch}\n{rest}"
+
+
+def epoch_of(data: bytes) -> int:
+    """The lease epoch a playlist was written under (0 when it carries none)."""
+    head = data[:200]
+    pos = head.find(EPOCH_TAG.encode())
+    if pos < 0:
+        return 0
+    digits = head[pos + len(EPOCH_TAG) :].split(b"\n", 1)[0].strip()
+    return int(digits) if digits.isdigit() else 0
 
 
 def parse_media_playlist(text: str, window: int, target_duration: float) -> MediaPlaylist:

@@ -1,113 +1,80 @@
-"""Packager service: consumes ``SegmentReady`` / broadcast events, writes HLS playlists.
+"""Packager service: the I/O shell around ``PackagerCore``.
 
-Per stream it keeps one live media playlist per rendition and the multivariant
-playlist. Segments are published strictly in sequence order per rendition
-(out-of-order arrivals wait for their predecessors); a playlist is written only
-after the objects it names are stored (the bus message comes after the store
-write), and every playlist write is atomic (the store's contract).
+It consumes ``broadcast.>`` and ``segment.>``, hands each message to one task
+per stream (so a slow stream never holds up another), feeds the core, and
+carries out what the core decides:
 
-Media sequence numbers are shared by all renditions: ``base + sequence`` where
-``base`` is fixed when a broadcast starts, so segment N of every rendition has
-the same number. A publisher that comes back within the reconnect grace continues
-the same playlists after an EXT-X-DISCONTINUITY; otherwise EXT-X-ENDLIST is
-written when the grace runs out (at once on server shutdown).
+- playlists go to the store through ``PlaylistSync`` (newest version per key,
+  retried through store outages, stamped with the lease epoch and refused by
+  the store once a newer leader wrote);
+- segment rows, finished recordings and healed VODs go to the recorder through
+  ``RecordingQueue`` (in order, retried through database outages);
+- the core's deadlines run on each stream's own clock (``tick``).
+
+With several packagers (``leadership``), each stream has one leader at a time:
+a stand-by keeps no state for it and does not touch the database for its
+messages; it takes the stream over when the lease is free, rebuilding the
+stream from durable state only (``_take_over``). Without ``leadership`` (the
+single packager of ``tidecast serve``) every stream is led here, epoch 0.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import posixpath
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from tidecast.bus.base import Bus, Subscription
-from tidecast.messages import (
-    BroadcastEnded,
-    BroadcastFinished,
-    BroadcastStarted,
-    Message,
-    SegmentReady,
+from tidecast import keys
+from tidecast.bus.base import Bus, Delivery, Subscription
+from tidecast.bus.consumer import consume
+from tidecast.messages import DeadLetter, Message, SegmentReady, encode
+from tidecast.metrics import REGISTRY
+from tidecast.packager.core import (
+    Action,
+    FinishRecording,
+    Listed,
+    PackagerCore,
+    PutMaster,
+    PutPlaylist,
+    Record,
+    RewriteVod,
 )
-from tidecast.packager.hls import (
-    AudioRendition,
-    MediaPlaylist,
-    PlaylistSegment,
-    Variant,
-    parse_media_playlist,
-    render_multivariant,
-)
-from tidecast.packager.leader import StreamLeadership
+from tidecast.packager.hls import parse_media_playlist, stamp_epoch
+from tidecast.packager.recording import RecordingQueue, SegmentRecorder
+from tidecast.packager.sync import PlaylistSync, PutFn
 from tidecast.store.base import ObjectNotFound, Store
+from tidecast.supervise import Supervisor
 
 log = logging.getLogger("tidecast.packager")
 
-
-def media_playlist_key(stream: str, rendition: str) -> str:
-    return f"hls/{stream}/{rendition}.m3u8"
-
-
-def multivariant_key(stream: str) -> str:
-    return f"hls/{stream}/master.m3u8"
-
-
-@dataclass(slots=True)
-class RenditionState:
-    name: str
-    playlist: MediaPlaylist
-    next_seq: dict[str, int] = field(default_factory=dict)  # broadcast -> next sequence
-    pending: dict[tuple[str, int], SegmentReady] = field(default_factory=dict)
-    peak_bps: int = 0
-    total_bits: float = 0.0
-    total_seconds: float = 0.0
-    codecs: str = ""
-    width: int = 0
-    height: int = 0
-    frame_rate: float = 0.0
-    last_init: str = ""
-    discontinuity_next: bool = False
-
-    def variant(self) -> Variant:
-        avg = int(self.total_bits / self.total_seconds) if self.total_seconds else self.peak_bps
-        return Variant(
-            uri=f"{self.name}.m3u8", bandwidth=max(self.peak_bps, avg), average_bandwidth=avg,
-            codecs=self.codecs, width=self.width, height=self.height, frame_rate=self.frame_rate,
-        )  # fmt: skip
-
-
-@dataclass(slots=True)
-class BroadcastTimeline:
-    msn_base: int
-    anchors: dict[int, float] = field(default_factory=dict)  # part -> wall clock of media time 0
-    segments: int | None = None  # known once the publisher session ended
-
-
-@dataclass(slots=True)
-class StreamState:
-    name: str
-    renditions: dict[str, RenditionState] = field(default_factory=dict)
-    broadcasts: dict[str, BroadcastTimeline] = field(default_factory=dict)
-    current: str | None = None
-    next_msn: int = 0
-    ended: bool = False
-    master_text: str = ""
-    expected: set[str] = field(default_factory=set)  # renditions the current broadcast makes
-    end_pending: bool = False  # the grace is over; end once every rendition has caught up
-    finishing: str | None = None  # the broadcast being finished
-
-
 PublishedHook = Callable[[SegmentReady, float], None]
+STREAM_QUEUE = 10_000  # messages waiting for one stream's task (backpressure past it)
+RECORD_WAIT = 1.0  # seconds a segment waits for its row before it is listed anyway
 
 
-class SegmentRecorder(Protocol):
-    """What the packager needs from the recorder."""
+class Leadership(Protocol):
+    """What the packager needs from ``packager.leader.StreamLeadership``."""
 
-    async def record(self, seg: SegmentReady, program_date_time: float) -> None: ...
+    ttl: float
+    on_lost: list[Callable[[str], None]]
 
-    async def finished(self, stream: str, broadcast: str) -> object: ...
+    def leads(self, stream: str) -> bool: ...
+
+    def may_try(self, stream: str) -> bool: ...
+
+    async def try_lead(self, stream: str) -> bool: ...
+
+    def epoch(self, stream: str) -> int: ...
+
+    def fence(self, stream: str) -> object | None: ...
+
+    def lost(self, stream: str) -> None: ...
+
+    def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class TakeoverSource(Protocol):
@@ -115,7 +82,7 @@ class TakeoverSource(Protocol):
 
     def current_broadcast(self, stream: str) -> tuple[str, float] | None: ...
 
-    def recorded_keys(self, broadcast: str) -> set[tuple[str, int]]: ...
+    def recorded_state(self, broadcast: str) -> dict[tuple[str, int], bool]: ...
 
     def needs_vod(self, broadcast: str) -> bool: ...
 
@@ -124,105 +91,236 @@ class Packager:
     def __init__(
         self, store: Store, bus: Bus, *, window: int, target_duration: float,
         include_source: bool = True, recorder: SegmentRecorder | None = None,
-        leadership: StreamLeadership | None = None, takeover: TakeoverSource | None = None,
+        leadership: Leadership | None = None, takeover: TakeoverSource | None = None,
+        put: PutFn | None = None, refused: tuple[type[BaseException], ...] = (),
+        gap_after: float | None = None, end_gap_after: float | None = None,
+        transient: Callable[[BaseException], bool] = lambda exc: False,
     ) -> None:  # fmt: skip
-        self.leadership = leadership
-        self.takeover = takeover
-        self._replaying: str | None = None  # the stream being rebuilt: no writes
-        self._recorded: dict[str, set[tuple[str, int]]] = {}  # broadcast -> already in the db
-        self._floor: dict[str, int] = {}  # playlist key -> next msn the stored copy has
-        self._seen: dict[str, float] = {}  # streams led elsewhere -> last message (monotonic)
-        self.include_source = include_source
-        self.recorder = recorder
         self.store = store
         self.bus = bus
         self.window = window
         self.target_duration = target_duration
-        self.streams: dict[str, StreamState] = {}
+        self.recorder = recorder
+        self.leadership = leadership
+        self.takeover = takeover
+        self.core = PackagerCore(window=window, target_duration=target_duration,
+                                 include_source=include_source, gap_after=gap_after,
+                                 end_gap_after=end_gap_after)  # fmt: skip
+        self.sup = Supervisor("packager")
+        self.refused = refused
+        self.sync = PlaylistSync(put or self._plain_put, refused=refused, on_refused=self._refused,
+                                 supervisor=self.sup)  # fmt: skip
+        self.recording = (
+            RecordingQueue(recorder, refused=refused, on_refused=self._refused, supervisor=self.sup,
+                           transient=transient)
+            if recorder is not None else None
+        )  # fmt: skip
         self.hooks: list[PublishedHook] = []
         self._subs: list[Subscription] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._lock = asyncio.Lock()
-        self._inflight = 0
+        self._queues: dict[str, asyncio.Queue[Message]] = {}
+        self._busy: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._replaying: str | None = None  # the stream being rebuilt: no writes
+        self._recorded: dict[str, dict[tuple[str, int], bool]] = {}  # broadcast -> rows (gap?)
+        self._finishing: list[FinishRecording] = []  # met during a replay
+        self._floor: dict[str, int] = {}  # playlist key -> next msn the stored copy has
+        self._seen: dict[str, float] = {}  # streams led elsewhere -> last message (monotonic)
+        self._closing = False
+        self._dead = REGISTRY.counter(
+            "tidecast_packager_failed_messages_total",
+            "Messages the packager could not handle (dead-lettered).", ("stream",),
+        )  # fmt: skip
 
+    # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         if self.leadership is None:  # the only packager: what is stored is stale
             await self._drop_stale_playlists()
         else:
             self.leadership.on_lost.append(self._forget)
             self.leadership.start()
-            self._tasks.append(asyncio.create_task(self._watch_leaders(), name="packager-watch"))
+            self.sup.spawn("packager-watch", self._watch_leaders)
+        if self.recording is not None:
+            self.recording.start()
         for pattern in ("broadcast.>", "segment.>"):
             sub = self.bus.subscribe(pattern)
             self._subs.append(sub)
-            self._tasks.append(asyncio.create_task(self._consume(sub), name=f"packager {pattern}"))
+            self.sup.spawn(f"packager {pattern}", self._consumer(sub))
 
-    def _busy(self) -> bool:
-        return bool(self._inflight or any(sub.pending() for sub in self._subs))
+    def _consumer(self, sub: Subscription) -> Callable[[], Awaitable[None]]:
+        return lambda: consume(sub, self._dispatch, bus=self.bus, name="packager")
+
+    def busy(self) -> bool:
+        return bool(self._busy or any(q.qsize() for q in self._queues.values())
+                    or any(sub.pending() for sub in self._subs))  # fmt: skip
 
     async def aclose(self, drain_timeout: float = 5.0) -> None:
-        """Handle every message already delivered, then stop consuming."""
+        """Handle every message already delivered, end what waits to end, write
+        everything out (each step bounded), then stop."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout
-        while loop.time() < deadline and self._busy():  # noqa: ASYNC110 (bounded shutdown drain)
+        while loop.time() < deadline and self.busy():  # noqa: ASYNC110 (bounded shutdown drain)
             await asyncio.sleep(0.01)
+        self._closing = True
         for sub in self._subs:
             await sub.aclose()
-        for task in self._tasks:
-            if task.get_name() == "packager-watch":
-                task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for st in self.streams.values():
-            if st.end_pending and self._may_write(st.name):
-                await self._end_stream(st, force=True)
+        for stream in list(self.core.streams):
+            async with self._lock(stream):
+                if self._may_write(stream):
+                    await self._execute(stream, self.core.end_all(stream))
+        await self.sync.flush(max(1.0, deadline - loop.time()))
+        if self.recording is not None:
+            await self.recording.flush(max(2.0, deadline - loop.time()))
+        await self.sup.aclose()
         if self.leadership is not None:
             await self.leadership.aclose()
 
     async def _drop_stale_playlists(self) -> None:
         """Live playlists left by an earlier run describe nothing live: remove them."""
-        for key in await self.store.list("hls"):
-            parts = key.split("/")
-            if len(parts) == 3 and key.endswith(".m3u8"):
+        for key in await self.store.list(keys.ROOT):
+            if keys.is_live_playlist(key):
                 await self.store.delete(key)
 
-    async def _consume(self, sub: Subscription) -> None:
-        async for delivery in sub:
-            msg = delivery.message
-            self._inflight += 1
-            try:
-                async with self._lock:
-                    if await self._leads(msg):
-                        await self._handle(msg)
-            except Exception:
-                log.exception("packager failed on %s", delivery.subject)
-            finally:
-                self._inflight -= 1
-            await delivery.ack()
+    async def _plain_put(self, key: str, data: bytes, epoch: int) -> None:
+        await self.store.put(key, data)
 
-    async def _handle(self, msg: Message) -> None:
-        if isinstance(msg, SegmentReady):
-            await self._on_segment(msg)
-        elif isinstance(msg, BroadcastStarted):
-            self._on_started(msg)
-        elif isinstance(msg, BroadcastEnded):
-            self._on_ended(msg)
-        elif isinstance(msg, BroadcastFinished):
-            await self._on_finished(msg)
+    # ------------------------------------------------------------ messages
+    def _lock(self, stream: str) -> asyncio.Lock:
+        lock = self._locks.get(stream)
+        if lock is None:
+            lock = self._locks[stream] = asyncio.Lock()
+        return lock
+
+    async def _dispatch(self, delivery: Delivery) -> None:
+        stream = getattr(delivery.message, "stream", None)
+        if not isinstance(stream, str) or not stream:
+            return
+        q = self._queues.get(stream)
+        if q is None:
+            q = self._queues[stream] = asyncio.Queue(STREAM_QUEUE)
+            self.sup.spawn(f"packager-stream {stream}", lambda: self._run_stream(stream, q),
+                           kind="packager-stream")  # fmt: skip
+        await q.put(delivery.message)  # waits while the stream's task is this far behind
+
+    async def _run_stream(self, stream: str, q: asyncio.Queue[Message]) -> None:
+        """One stream's messages, in arrival order, and its deadlines."""
+        while True:
+            due = self.core.next_deadline(stream)
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            try:
+                msg: Message | None = await asyncio.wait_for(q.get(), timeout)
+            except TimeoutError:
+                msg = None
+            self._busy.add(stream)
+            try:
+                async with self._lock(stream):
+                    if msg is not None:
+                        await self._handle(stream, msg)
+                    if self._may_write(stream):
+                        await self._execute(stream, self.core.tick(time.monotonic(), stream))
+            finally:
+                self._busy.discard(stream)
+
+    async def _handle(self, stream: str, msg: Message) -> None:
+        try:
+            if not await self._leads(stream):
+                return
+            await self._execute(stream, self.core.handle(msg, time.monotonic()))
+        except Exception as exc:
+            # a message the core cannot take (a bug, or input no stage should send)
+            self._dead.inc(stream=stream)
+            log.exception("%s: could not handle %s; dead-lettered", stream, msg.kind)
+            subject = f"{msg.kind.split('.', 1)[0]}.{stream}"
+            data = encode(msg)
+            try:
+                await self.bus.publish(f"dead.{subject}", DeadLetter.of(subject, data, repr(exc), "packager", time.time()))
+            except Exception as pub_exc:  # noqa: BLE001 - logged above; the stream goes on
+                log.warning("%s: could not dead-letter it: %r", stream, pub_exc)
+
+    # ------------------------------------------------------------ actions
+    def _may_write(self, stream: str) -> bool:
+        if self._replaying == stream:
+            return False
+        return self.leadership is None or self.leadership.leads(stream)
+
+    def _epoch(self, stream: str) -> int:
+        return 0 if self.leadership is None else self.leadership.epoch(stream)
+
+    def _fence(self, stream: str) -> object | None:
+        return None if self.leadership is None else self.leadership.fence(stream)
+
+    async def _execute(self, stream: str, actions: list[Action]) -> None:
+        replay = self._replaying == stream
+        for a in actions:
+            if isinstance(a, Record):
+                await self._record(stream, a, replay)
+            elif replay:
+                if isinstance(a, FinishRecording):
+                    self._finishing.append(a)
+                continue  # playlists are written after the replay, from the end state
+            elif not self._may_write(stream):
+                continue
+            elif isinstance(a, PutPlaylist):
+                self._put_playlist(stream, a)
+            elif isinstance(a, PutMaster):
+                self._put_master(stream, a)
+            elif isinstance(a, FinishRecording):
+                if self.recording is not None:
+                    self.recording.finish(stream, a.broadcast, self._fence(stream))
+            elif isinstance(a, RewriteVod):
+                if self.recording is not None:
+                    self.recording.rewrite(stream, a.broadcast, self._fence(stream))
+            elif isinstance(a, Listed):
+                now = time.time()
+                for hook in self.hooks:
+                    hook(a.seg, now)
+
+    async def _record(self, stream: str, a: Record, replay: bool) -> None:
+        if self.recording is None or not (replay or self._may_write(stream)):
+            return
+        seg = a.seg
+        if replay:  # the last leader may have recorded it already
+            state = self._recorded.get(seg.broadcast, {}).get((seg.rendition, seg.sequence))
+            if state is not None and (state is False or seg.gap):
+                return
+        await self.recording.record(stream, seg, a.program_date_time, heal=a.heal or not seg.gap,
+                                    fence=self._fence(stream), wait=0.0 if replay else RECORD_WAIT)  # fmt: skip
+
+    def _put_playlist(self, stream: str, a: PutPlaylist) -> None:
+        floor = self._floor.get(a.key, 0)
+        if a.next_msn < floor and not a.ended:
+            log.warning("%s: not writing %s behind its stored copy (%d < %d)", stream, a.rendition,
+                        a.next_msn, floor)  # fmt: skip
+            return
+        self._floor.pop(a.key, None)
+        epoch = self._epoch(stream)
+        self.sync.want(stream, a.key, stamp_epoch(a.text, epoch).encode(), epoch)
+
+    def _put_master(self, stream: str, a: PutMaster) -> None:
+        st = self.core.streams.get(stream)
+        listed = tuple(keys.live_playlist(stream, n) for n in (st.renditions if st else ()))
+        epoch = self._epoch(stream)
+        self.sync.want(stream, a.key, stamp_epoch(a.text, epoch).encode(), epoch, after=listed)
 
     # ------------------------------------------------------------ leadership
-    async def _leads(self, msg: Message) -> bool:
-        """Whether this packager handles ``msg``: always when it is the only one;
-        otherwise only for streams it holds the lease of (taking a free one over)."""
-        stream = getattr(msg, "stream", None)
-        if self.leadership is None or not isinstance(stream, str):
+    def _refused(self, stream: str, exc: BaseException) -> None:
+        """A write was refused: a newer leader has the stream. Stop here at once."""
+        log.warning("%s: a newer packager leads the stream (%s); dropping it here", stream, exc)
+        if self.leadership is not None:
+            self.leadership.lost(stream)
+        self._forget(stream)
+
+    async def _leads(self, stream: str) -> bool:
+        """Whether this packager handles ``stream``'s messages: always when it is the only
+        one; otherwise only while it holds the lease (taking a free one over)."""
+        if self.leadership is None:
             return True
         if self.leadership.leads(stream):
             return True
-        if stream in self.streams:  # the lease ran out under us: rebuild before writing
+        if stream in self.core.streams:  # the lease ran out under us: rebuild before writing
             self._forget(stream)
         self._seen[stream] = time.monotonic()
+        if self._closing or not self.leadership.may_try(stream):
+            return False
         if not await self.leadership.try_lead(stream):
             return False
         await self._take_over(stream)
@@ -239,23 +337,22 @@ class Packager:
                 if now - seen > 600:
                     del self._seen[stream]
                     continue
-                if self.leadership.leads(stream):
+                if self.leadership.leads(stream) or not self.leadership.may_try(stream):
                     continue
                 try:
-                    async with self._lock:
+                    async with self._lock(stream):
                         if await self.leadership.try_lead(stream):
                             await self._take_over(stream)
+                            await self._execute(stream, self.core.tick(time.monotonic(), stream))
                 except Exception:
                     log.exception("%s: taking over failed; trying again", stream)
 
     def _forget(self, stream: str) -> None:
-        if self.streams.pop(stream, None) is not None:
+        self.sync.forget(stream)
+        if self.recording is not None:
+            self.recording.forget(stream)
+        if self.core.forget(stream):
             log.info("%s: no longer led here; state dropped", stream)
-
-    def _may_write(self, stream: str) -> bool:
-        if self._replaying == stream:
-            return False
-        return self.leadership is None or self.leadership.leads(stream)
 
     async def _take_over(self, stream: str) -> None:
         """Rebuild a stream led elsewhere until now, from durable state only.
@@ -266,7 +363,7 @@ class Packager:
         stored playlists, segments already recorded are not recorded again, and
         a playlist is never written behind its stored copy.
         """
-        self.streams.pop(stream, None)
+        self.core.forget(stream)
         self._seen.pop(stream, None)
         if self.takeover is None:
             return
@@ -274,248 +371,47 @@ class Packager:
         if current is None:
             return
         broadcast, started_at = current
-        st = self._stream(stream)
-        st.next_msn = await self._stored_msn_base(st, broadcast)
-        self._recorded[broadcast] = await asyncio.to_thread(self.takeover.recorded_keys, broadcast)
+        await self._seed_from_store(stream, broadcast)
+        self._recorded[broadcast] = await asyncio.to_thread(self.takeover.recorded_state, broadcast)
         t0 = time.monotonic()
         messages = await self.bus.replay((f"broadcast.{stream}", f"segment.{stream}"), started_at - 5.0)
         self._replaying = stream
+        self._finishing = []
         try:
             for m in messages:
                 if getattr(m, "broadcast", None) == broadcast:  # not an earlier broadcast's
-                    await self._handle(m)
+                    await self._execute(stream, self.core.handle(m, time.monotonic()))
         finally:
             self._replaying = None
             self._recorded.pop(broadcast, None)
-        for r in st.renditions.values():
-            await self._put_playlist(st, r)
-        await self._write_master(st, force=True)
-        if st.ended and st.finishing:  # the last leader may have died before writing the VOD
-            if await asyncio.to_thread(self.takeover.needs_vod, st.finishing):
-                await self._finish_recording(st)
-            st.finishing = None
+        await self._execute(stream, self.core.render_all(stream))
+        for fin in self._finishing:  # the last leader may have died before writing the VOD
+            if self.takeover is not None and await asyncio.to_thread(self.takeover.needs_vod, fin.broadcast):
+                await self._execute(stream, [fin])
+        self._finishing = []
         log.info("%s: took over broadcast %s: %d messages replayed in %.2f s", stream, broadcast,
                  len(messages), time.monotonic() - t0)  # fmt: skip
 
-    async def _stored_msn_base(self, st: StreamState, broadcast: str) -> int:
+    async def _seed_from_store(self, stream: str, broadcast: str) -> None:
         """Where the current broadcast's sequence numbers start, read back from the
         stored playlists. Their segments of earlier broadcasts seed the new state (the
         window keeps them, as the last leader's did), and each stored playlist sets a
         floor the new leader never writes below."""
         base: int | None = None
         next_msn = 0
-        for key in await self.store.list(f"hls/{st.name}"):
-            name = key.rsplit("/", 1)[-1].removesuffix(".m3u8")
-            if key.count("/") != 2 or not key.endswith(".m3u8") or name == "master":
+        for key in await self.store.list(keys.stream_prefix(stream)):
+            parsed = keys.parse(key)
+            if parsed is None or parsed.kind != "live_playlist":
                 continue
             try:
                 stored = parse_media_playlist((await self.store.get(key)).decode(), self.window,
                                               self.target_duration)  # fmt: skip
             except (ObjectNotFound, ValueError, UnicodeDecodeError) as exc:
-                log.warning("%s: cannot read back %s: %r", st.name, key, exc)
+                log.warning("%s: cannot read back %s: %r", stream, key, exc)
                 continue
-            r = st.renditions[name] = RenditionState(name, MediaPlaylist(self.window, self.target_duration))
-            r.playlist.discontinuity_sequence = stored.discontinuity_sequence
-            for seg in stored.segments:
-                if seg.uri.startswith(f"{broadcast}/"):
-                    if base is None:
-                        base = seg.msn - int(posixpath.basename(seg.uri).split(".")[0])
-                    continue
-                r.playlist.append(seg)
-                r.last_init = seg.init_uri
+            b = self.core.seed_rendition(stream, parsed.rendition, stored, broadcast)
+            base = b if base is None else base
             self._floor[key] = stored.next_msn
             next_msn = max(next_msn, stored.next_msn)
-        return base if base is not None else next_msn
+        self.core.stream(stream).next_msn = base if base is not None else next_msn
 
-    def _stream(self, name: str) -> StreamState:
-        st = self.streams.get(name)
-        if st is None:
-            st = self.streams[name] = StreamState(name)
-        return st
-
-    def _on_started(self, msg: BroadcastStarted) -> None:
-        st = self._stream(msg.stream)
-        had_segments = any(r.playlist.segments for r in st.renditions.values())
-        tl = st.broadcasts.get(msg.broadcast)
-        if tl is not None:  # a resumed part of a known broadcast (or a repeated message)
-            if msg.part and tl.segments is not None:
-                tl.segments = None
-                for r in st.renditions.values():
-                    r.discontinuity_next = bool(r.playlist.segments)
-                log.info("%s: broadcast %s resumed (part %d)", msg.stream, msg.broadcast, msg.part)
-            return
-        st.end_pending = False
-        st.broadcasts[msg.broadcast] = BroadcastTimeline(msn_base=st.next_msn)
-        st.current = msg.broadcast
-        st.ended = False
-        st.expected = set()
-        for r in st.renditions.values():
-            r.discontinuity_next = had_segments
-        log.info("%s: broadcast %s started", msg.stream, msg.broadcast)
-
-    def _on_ended(self, msg: BroadcastEnded) -> None:
-        """The publisher left; the playlists wait (the gate decides when it is over)."""
-        tl = self._stream(msg.stream).broadcasts.get(msg.broadcast)
-        if tl is not None:
-            tl.segments = msg.segments
-
-    async def _on_finished(self, msg: BroadcastFinished) -> None:
-        st = self._stream(msg.stream)
-        if st.current == msg.broadcast and not st.ended:
-            st.finishing = msg.broadcast
-            await self._end_stream(st)
-
-    def _caught_up(self, st: StreamState) -> bool:
-        """Every rendition of the current broadcast has listed its last segment."""
-        tl = st.broadcasts.get(st.current or "")
-        if tl is None or tl.segments is None:
-            return True
-        for name in st.expected or st.renditions:
-            r = st.renditions.get(name)
-            if r is None or r.next_seq.get(st.current or "", 0) < tl.segments:
-                return False
-        return True
-
-    async def _end_stream(self, st: StreamState, force: bool = False) -> None:
-        if not force and not self._caught_up(st):
-            st.end_pending = True  # renditions still being transcoded: end after them
-            return
-        st.end_pending = False
-        st.ended = True
-        for r in st.renditions.values():
-            r.playlist.end()
-            await self._put_playlist(st, r)
-        log.info("%s: playlists ended", st.name)
-        if self._replaying == st.name:
-            return  # whether the last leader finished the recording is checked after the replay
-        await self._finish_recording(st)
-
-    async def _finish_recording(self, st: StreamState) -> None:
-        if st.finishing and self.recorder is not None and self._may_write(st.name):
-            try:
-                await self.recorder.finished(st.name, st.finishing)
-            except Exception:
-                log.exception("%s: could not finish the recording of %s", st.name, st.finishing)
-        st.finishing = None
-
-    async def _on_segment(self, msg: SegmentReady) -> None:
-        if msg.rendition == "source" and not self.include_source:
-            return  # transcoded renditions are listed instead
-        st = self._stream(msg.stream)
-        if msg.broadcast == st.current or st.current is None:
-            st.expected |= set(msg.renditions or (msg.rendition,))
-        timeline = st.broadcasts.get(msg.broadcast)
-        if timeline is None:  # segment before its BroadcastStarted: treat as started
-            self._on_started(BroadcastStarted(msg.stream, msg.broadcast, msg.first_frame_arrival))
-            timeline = st.broadcasts[msg.broadcast]
-        r = st.renditions.get(msg.rendition)
-        if r is None:
-            r = st.renditions[msg.rendition] = RenditionState(
-                msg.rendition, MediaPlaylist(self.window, self.target_duration)
-            )
-            # a rendition that first appears mid-stream starts at the right msn
-        nxt = r.next_seq.setdefault(msg.broadcast, 0)
-        if msg.sequence < nxt:
-            return  # a repeated delivery of a segment already listed
-        r.pending[(msg.broadcast, msg.sequence)] = msg
-        published = False
-        while (msg.broadcast, nxt) in r.pending:
-            seg = r.pending.pop((msg.broadcast, nxt))
-            pdt = (
-                timeline.anchors.setdefault(seg.part, seg.first_frame_arrival - seg.start)
-                + seg.start
-            )
-            if self.recorder is not None and (
-                seg.rendition,
-                seg.sequence,
-            ) not in self._recorded.get(seg.broadcast, ()):
-                await self.recorder.record(seg, pdt)  # recorded before it is listed
-            self._append(st, r, timeline, seg, pdt)
-            nxt += 1
-            published = True
-        r.next_seq[msg.broadcast] = nxt
-        if not published:
-            return
-        await self._put_playlist(st, r)
-        await self._write_master(st)
-        if st.end_pending and self._caught_up(st):
-            await self._end_stream(st)
-        if self._replaying:
-            return
-        now = time.time()
-        for hook in self.hooks:
-            hook(msg, now)
-
-    def _append(
-        self, st: StreamState, r: RenditionState, tl: BroadcastTimeline, seg: SegmentReady,
-        pdt: float,
-    ) -> None:  # fmt: skip
-        msn = tl.msn_base + seg.sequence
-        base = f"hls/{st.name}/"
-        init_uri = posixpath.relpath(seg.init_key, base) if seg.init_key else r.last_init
-        if msn < r.playlist.next_msn:  # duplicate delivery of a segment already listed
-            return
-        if not init_uri:  # a gap before this rendition ever had an init segment
-            log.warning("%s/%s: gap at the start, segment %d not listed", st.name, r.name, msn)
-            return
-        discontinuity = r.discontinuity_next or (bool(r.last_init) and init_uri != r.last_init)
-        r.playlist.append(
-            PlaylistSegment(
-                msn=msn, uri=posixpath.relpath(seg.segment_key, base), duration=seg.duration,
-                init_uri=init_uri, program_date_time=pdt,
-                discontinuity=discontinuity, gap=seg.gap,
-            )
-        )  # fmt: skip
-        r.discontinuity_next = False
-        r.last_init = init_uri
-        st.next_msn = max(st.next_msn, msn + 1)
-        if seg.gap:
-            return
-        if seg.duration > 0:
-            bits = seg.size * 8
-            r.peak_bps = max(r.peak_bps, int(bits / seg.duration))
-            r.total_bits += bits
-            r.total_seconds += seg.duration
-        r.codecs = seg.codecs or r.codecs
-        r.width, r.height = seg.width or r.width, seg.height or r.height
-        if seg.frame_rate and (seg.duration >= 0.9 * self.target_duration or not r.frame_rate):
-            r.frame_rate = seg.frame_rate  # a short last segment is a poor estimate
-
-    async def _put_playlist(self, st: StreamState, r: RenditionState) -> None:
-        if not self._may_write(st.name):
-            return
-        key = media_playlist_key(st.name, r.name)
-        floor = self._floor.get(key, 0)
-        if r.playlist.next_msn < floor and not r.playlist.ended:
-            log.warning("%s: not writing %s behind its stored copy (%d < %d)", st.name, r.name,
-                        r.playlist.next_msn, floor)  # fmt: skip
-            return
-        self._floor.pop(key, None)
-        await self.store.put(key, r.playlist.render().encode())
-
-    async def _write_master(self, st: StreamState, force: bool = False) -> None:
-        ready = {n for n, r in st.renditions.items() if r.playlist.segments and r.codecs}
-        if st.expected - ready:
-            return  # list every rendition at once, or players miss the late ones
-        names = sorted(ready & st.expected or ready)
-        audio = st.renditions.get("audio") if "audio" in names else None
-        variants = []
-        for n in names:
-            if n == "audio":
-                continue
-            v = st.renditions[n].variant()
-            if audio is not None:
-                a = audio.variant()
-                if a.codecs in v.codecs.split(","):  # the source: its own audio is muxed in
-                    v = replace(v, audio_group="audio")
-                else:  # a video-only rendition plays with the shared audio rendition
-                    v = replace(v, bandwidth=v.bandwidth + a.bandwidth,
-                                average_bandwidth=v.average_bandwidth + a.average_bandwidth,
-                                codecs=f"{v.codecs},{a.codecs}", audio_group="audio")  # fmt: skip
-            variants.append(v)
-        text = render_multivariant(variants, AudioRendition("audio.m3u8") if audio else None)
-        if not self._may_write(st.name):
-            return
-        if text != st.master_text or force:
-            await self.store.put(multivariant_key(st.name), text.encode())
-            st.master_text = text

@@ -9,9 +9,11 @@ segment could not be made.
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 from collections import defaultdict
 
+from tidecast import keys
 from tidecast.db.recordings import SegmentRow
 from tidecast.packager.hls import (
     AudioRendition,
@@ -26,26 +28,39 @@ def vod_playlists(
     rows: list[SegmentRow], base_key: str, first_sequence: int | None = None,
     last_sequence: int | None = None,
 ) -> dict[str, bytes]:  # fmt: skip
-    """Map of store key -> playlist bytes, every URI relative to ``base_key``."""
-    by_rendition: dict[str, list[SegmentRow]] = defaultdict(list)
+    """Map of store key -> playlist bytes, every URI relative to ``base_key``.
+
+    Every rendition lists every sequence number the broadcast has (in any
+    rendition): one that has no row of its own (its segment was never recorded) is
+    an EXT-X-GAP with the duration the other renditions give it, so all renditions
+    stay aligned and the VOD always plays through.
+    """
+    rows = [r for r in rows if (first_sequence is None or r.sequence >= first_sequence)
+            and (last_sequence is None or r.sequence <= last_sequence)]  # fmt: skip
+    by_rendition: dict[str, dict[int, SegmentRow]] = defaultdict(dict)
+    known: dict[int, SegmentRow] = {}  # sequence -> a row of it, real ones preferred
     for r in sorted(rows, key=lambda r: (r.rendition, r.sequence)):
-        if first_sequence is not None and r.sequence < first_sequence:
-            continue
-        if last_sequence is not None and r.sequence > last_sequence:
-            continue
-        by_rendition[r.rendition].append(r)
+        by_rendition[r.rendition][r.sequence] = r
+        if r.sequence not in known or (known[r.sequence].gap and not r.gap):
+            known[r.sequence] = r
+    sequences = sorted(known)
     out: dict[str, bytes] = {}
     variants: dict[str, Variant] = {}
-    for name, segs in by_rendition.items():
+    for name, have in by_rendition.items():
+        segs = [have.get(n) or _missing(known[n], name) for n in sequences]
+        first_init = next((s.init_key for s in segs if s.init_key), "")
         pl = MediaPlaylist(
             window=max(3, len(segs)), target_duration=max(round(s.duration) for s in segs)
         )
         pl.playlist_type = "VOD"
         last_init, last_part = "", segs[0].part
         for i, s in enumerate(segs):
-            init = posixpath.relpath(s.init_key, base_key) if s.init_key else last_init
-            if not init:
-                continue
+            if s.init_key:
+                init = posixpath.relpath(s.init_key, base_key)
+            elif last_init or first_init:  # a gap: the init in force (or the first one)
+                init = last_init or posixpath.relpath(first_init, base_key)
+            else:
+                continue  # a rendition that never had a segment of its own
             pl.append(PlaylistSegment(
                 msn=i, uri=posixpath.relpath(s.segment_key, base_key), duration=s.duration,
                 init_uri=init, program_date_time=s.program_date_time or None,
@@ -78,3 +93,13 @@ def vod_playlists(
         listed, AudioRendition("audio.m3u8") if audio else None
     ).encode()
     return out
+
+
+def _missing(like: SegmentRow, rendition: str) -> SegmentRow:
+    """A gap row for a sequence ``rendition`` has no row of (it was never recorded)."""
+    where = keys.parse(like.segment_key)
+    key = (keys.segment(where.stream, where.broadcast, rendition, like.sequence) if where
+           else posixpath.join(posixpath.dirname(posixpath.dirname(like.segment_key)), rendition,
+                               f"{like.sequence:06d}.m4s"))  # fmt: skip
+    return dataclasses.replace(like, rendition=rendition, init_key="", segment_key=key, size=0,
+                               gap=True, codecs="", width=0, height=0, frame_rate=0.0)  # fmt: skip

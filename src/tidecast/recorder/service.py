@@ -13,12 +13,16 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tidecast import ffmpeg
-from tidecast.db.recordings import BroadcastInfo, ClipInfo, Recordings, SegmentRow
+from tidecast import ffmpeg, keys
+from tidecast.db.leases import Fence
+from tidecast.db.recordings import BroadcastInfo, BroadcastNotFound, ClipInfo, Recordings, SegmentRow
+from tidecast.db.transient import call
 from tidecast.messages import SegmentReady
+from tidecast.packager.hls import stamp_epoch
 from tidecast.packager.vod import vod_playlists
 from tidecast.store.base import Store
 
@@ -26,18 +30,30 @@ log = logging.getLogger("tidecast.recorder")
 
 
 def broadcast_dir(stream: str, broadcast: str) -> str:
-    return f"hls/{stream}/{broadcast}"
+    return keys.broadcast_prefix(stream, broadcast)
 
 
 def clip_dir(stream: str, broadcast: str, clip: str) -> str:
-    return f"{broadcast_dir(stream, broadcast)}/clips/{clip}"
+    return keys.clip_prefix(stream, broadcast, clip)
+
+
+PutPlaylist = Callable[[str, bytes, int], Awaitable[None]]  # key, data, writer's lease epoch
 
 
 class Recorder:
-    def __init__(self, store: Store, recordings: Recordings) -> None:
+    def __init__(
+        self, store: Store, recordings: Recordings, *, put_playlist: PutPlaylist | None = None,
+        deadline: float = 2.0,
+    ) -> None:  # fmt: skip
         self.store = store
         self.recordings = recordings
+        # VOD playlists are fenced like live ones when the packager has a lease
+        self.put_playlist: PutPlaylist = put_playlist or self._plain_put
+        self.deadline = deadline  # seconds each database call retries (the caller retries more)
         self._recorded: dict[str, bool] = {}  # broadcast -> recording switched on
+
+    async def _plain_put(self, key: str, data: bytes, epoch: int) -> None:
+        await self.store.put(key, data)
 
     async def _is_recorded(self, broadcast: str) -> bool:
         if broadcast not in self._recorded:
@@ -45,37 +61,60 @@ class Recorder:
             self._recorded[broadcast] = info.recorded
         return self._recorded[broadcast]
 
-    async def record(self, seg: SegmentReady, program_date_time: float) -> None:
+    async def record(
+        self, seg: SegmentReady, program_date_time: float, *, heal: bool = False,
+        fence: Fence | None = None,
+    ) -> None:  # fmt: skip
+        """One segment row (kept even with recording off: rows close the broadcast after
+        a crash). ``heal``: the real segment for one recorded as a gap before."""
         row = SegmentRow(
             seg.rendition, seg.sequence, seg.part, seg.start, seg.duration, seg.init_key,
             seg.segment_key, seg.size, seg.gap, seg.codecs, seg.width, seg.height,
             seg.frame_rate, program_date_time,
         )  # fmt: skip
-        # rows are kept even with recording off: they close the broadcast after a crash
-        await asyncio.to_thread(self.recordings.record_segment, seg.broadcast, row)
+        if heal and not seg.gap:
+            await call("heal_segment", self.recordings.heal_segment, seg.broadcast, row, fence,
+                       deadline=self.deadline)  # fmt: skip
+        else:
+            await call("record_segment", self.recordings.record_segment, seg.broadcast, row, fence,
+                       deadline=self.deadline)  # fmt: skip
 
-    async def finished(self, stream: str, broadcast: str) -> BroadcastInfo:
-        info = await asyncio.to_thread(
-            self.recordings.finish, broadcast, datetime.now(UTC), "ended"
-        )
+    async def finished(self, stream: str, broadcast: str, *, fence: Fence | None = None) -> BroadcastInfo:
+        info = await call("finish", self.recordings.finish, broadcast, datetime.now(UTC), "ended", fence,
+                          deadline=self.deadline)  # fmt: skip
         self._recorded.pop(broadcast, None)
         if not info.recorded:
-            removed = await self.store.delete_prefix(broadcast_dir(stream, broadcast))
+            removed = await self.store.delete_prefix(keys.broadcast_prefix(stream, broadcast))
             log.info("%s: recording is off; removed %d objects of %s", stream, removed, broadcast)
             return info
-        await self.write_vod(info)
+        await self.write_vod(info, fence=fence)
         return info
 
-    async def write_vod(self, info: BroadcastInfo) -> None:
-        rows = await asyncio.to_thread(self.recordings.segments, info.id)
+    async def rewrite_vod(self, broadcast: str, *, fence: Fence | None = None) -> None:
+        """Write a VOD again after some of its segments healed (nothing if it is not VOD
+        yet: ``finished`` will write it whole, or it was deleted)."""
+        try:
+            info = await call("get", self.recordings.get, broadcast, deadline=self.deadline)
+        except BroadcastNotFound:
+            return
+        if info.vod_ready:
+            await self.write_vod(info, poster=False, fence=fence)
+
+    async def write_vod(
+        self, info: BroadcastInfo, *, poster: bool = True, fence: Fence | None = None
+    ) -> None:
+        rows = await call("segments", self.recordings.segments, info.id, deadline=self.deadline)
         if not rows:
             return
-        base = broadcast_dir(info.stream, info.id)
+        base = keys.broadcast_prefix(info.stream, info.id)
+        epoch = fence.epoch if fence is not None else 0
         for key, data in vod_playlists(rows, base).items():
-            await self.store.put(key, data)
-        await self._poster(base, rows)
-        log.info("%s: broadcast %s is VOD (%.1f s, %s)", info.stream, info.id, info.duration,
-                 ", ".join(info.renditions))  # fmt: skip
+            await self.put_playlist(key, stamp_epoch(data.decode(), epoch).encode(), epoch)
+        if poster:
+            await self._poster(base, rows)
+        gaps = sum(1 for r in rows if r.gap)
+        log.info("%s: broadcast %s is VOD (%.1f s, %s%s)", info.stream, info.id, info.duration,
+                 ", ".join(info.renditions), f"; {gaps} segments are gaps" if gaps else "")  # fmt: skip
 
     async def _poster(self, base: str, rows: list[SegmentRow]) -> None:
         video = [r for r in rows if r.height and not r.gap]
