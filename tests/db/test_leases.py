@@ -34,7 +34,9 @@ def leases(db_url: str) -> Iterator[Leases]:
 def _age(leases: Leases, name: str, seconds: float) -> None:
     """As if ``seconds`` had passed on the database clock for this lease."""
     with leases.db.engine.begin() as conn:
-        conn.execute(update(Lease).where(Lease.name == name).values(expires_at=Lease.expires_at - seconds))
+        conn.execute(
+            update(Lease).where(Lease.name == name).values(expires_at=Lease.expires_at - seconds)
+        )
 
 
 def test_one_holder_at_a_time_with_fencing_epochs(leases: Leases) -> None:
@@ -80,7 +82,9 @@ def test_refused_holders_learn_when_the_lease_expires(leases: Leases) -> None:
         leases.acquire(NAME, "p2", 0.0)
 
 
-def test_expiry_ignores_the_hosts_wall_clock(leases: Leases, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expiry_ignores_the_hosts_wall_clock(
+    leases: Leases, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Holders whose clocks are 100 s off either way: the database alone decides."""
     real = time.time
     assert leases.acquire(NAME, "p1", 10.0).ours == 1
@@ -127,7 +131,9 @@ def test_a_refused_ask_about_a_held_lease_writes_nothing(leases: Leases) -> None
     assert statements and set(statements) == {"SELECT"}
 
 
-def _race(db_url: str, n: int, take: Callable[[Leases, str], Grant], prefix: str = "p") -> dict[str, Grant]:
+def _race(
+    db_url: str, n: int, take: Callable[[Leases, str], Grant], prefix: str = "p"
+) -> dict[str, Grant]:
     """n "processes" (own Database and engine each) call ``take`` at the same moment."""
     barrier = threading.Barrier(n)
     results: dict[str, Grant] = {}

@@ -86,7 +86,9 @@ def db_now(dialect: str) -> ColumnElement[float]:
 def begin_write(s: Session) -> None:
     """Start the session's transaction holding the write lock on SQLite (PostgreSQL locks rows)."""
     conn = s.connection()
-    if conn.dialect.name == "sqlite" and not getattr(conn.connection.dbapi_connection, "in_transaction", True):
+    if conn.dialect.name == "sqlite" and not getattr(
+        conn.connection.dbapi_connection, "in_transaction", True
+    ):
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -190,6 +192,8 @@ class Leases:
 
     def _state(self, conn: Connection, name: str) -> Grant | None:
         row = conn.execute(
-            select(Lease.holder, Lease.epoch, Lease.expires_at - self._now).where(Lease.name == name)
+            select(Lease.holder, Lease.epoch, Lease.expires_at - self._now).where(
+                Lease.name == name
+            )
         ).first()
         return Grant(False, row[0], row[1], float(row[2])) if row is not None else None

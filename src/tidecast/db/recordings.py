@@ -123,7 +123,9 @@ class Retention:
 
 
 def _stored(b: Broadcast) -> Summary:
-    return Summary(b.duration, b.size, tuple(r for r in b.renditions.split(",") if r), b.gaps, b.healed)
+    return Summary(
+        b.duration, b.size, tuple(r for r in b.renditions.split(",") if r), b.gaps, b.healed
+    )
 
 
 def _summarized(b: Broadcast) -> bool:
@@ -160,7 +162,14 @@ def _summaries(s: Session, broadcasts: list[str]) -> dict[str, Summary]:
     per: dict[str, list[tuple[str, int, float, int, int, int]]] = {}
     for bid, rendition, height, duration, size, gaps, healed in rows:
         per.setdefault(bid, []).append(
-            (rendition, int(height or 0), float(duration or 0), int(size or 0), int(gaps), int(healed))
+            (
+                rendition,
+                int(height or 0),
+                float(duration or 0),
+                int(size or 0),
+                int(gaps),
+                int(healed),
+            )
         )
     out: dict[str, Summary] = {}
     for bid, rends in per.items():
@@ -225,7 +234,9 @@ class Recordings:
             s.commit()
             return b.parts - 1
 
-    def end(self, broadcast: str, ended_at: datetime, reason: str, fence: Fence | None = None) -> None:
+    def end(
+        self, broadcast: str, ended_at: datetime, reason: str, fence: Fence | None = None
+    ) -> None:
         """Mark a broadcast ended (once; a second end changes nothing). Unknown: nothing."""
         with self.db.session() as s:
             self._write(s, fence)
@@ -241,9 +252,15 @@ class Recordings:
         with self.db.session() as s:
             self._write(s, fence)
             self._broadcast(s, broadcast)
-            stmt = self._insert().values(
-                broadcast_id=broadcast, healed=False, **{f: getattr(seg, f) for f in _ROW_FIELDS}
-            ).on_conflict_do_nothing(index_elements=[RS.broadcast_id, RS.rendition, RS.sequence])
+            stmt = (
+                self._insert()
+                .values(
+                    broadcast_id=broadcast,
+                    healed=False,
+                    **{f: getattr(seg, f) for f in _ROW_FIELDS},
+                )
+                .on_conflict_do_nothing(index_elements=[RS.broadcast_id, RS.rendition, RS.sequence])
+            )
             s.execute(stmt)
             s.commit()
 
@@ -256,7 +273,9 @@ class Recordings:
         An ended broadcast's stored numbers are brought up to date with it.
         """
         if seg.gap:
-            raise ValueError(f"{broadcast}: healing {seg.rendition}/{seg.sequence} needs a real segment, not a gap")
+            raise ValueError(
+                f"{broadcast}: healing {seg.rendition}/{seg.sequence} needs a real segment, not a gap"
+            )
         RS = RecordedSegment
         with self.db.session() as s:
             self._write(s, fence)
@@ -265,7 +284,11 @@ class Recordings:
             ins = self._insert().values(broadcast_id=broadcast, **values)
             stmt = ins.on_conflict_do_update(
                 index_elements=[RS.broadcast_id, RS.rendition, RS.sequence],
-                set_={f: getattr(ins.excluded, f) for f in values if f not in ("rendition", "sequence")},
+                set_={
+                    f: getattr(ins.excluded, f)
+                    for f in values
+                    if f not in ("rendition", "sequence")
+                },
                 where=RS.gap.is_(True),
             ).returning(RS.id)
             changed = s.execute(stmt).first() is not None

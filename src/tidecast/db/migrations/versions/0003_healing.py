@@ -23,11 +23,19 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("segments", sa.Column("healed", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column(
+        "segments", sa.Column("healed", sa.Boolean(), nullable=False, server_default=sa.false())
+    )
     op.add_column("broadcasts", sa.Column("gaps", sa.Integer(), nullable=False, server_default="0"))
-    op.add_column("broadcasts", sa.Column("healed", sa.Integer(), nullable=False, server_default="0"))
-    segments = sa.table("segments", sa.column("broadcast_id", sa.String()), sa.column("gap", sa.Boolean()))
-    broadcasts = sa.table("broadcasts", sa.column("id", sa.String()), sa.column("gaps", sa.Integer()))
+    op.add_column(
+        "broadcasts", sa.Column("healed", sa.Integer(), nullable=False, server_default="0")
+    )
+    segments = sa.table(
+        "segments", sa.column("broadcast_id", sa.String()), sa.column("gap", sa.Boolean())
+    )
+    broadcasts = sa.table(
+        "broadcasts", sa.column("id", sa.String()), sa.column("gaps", sa.Integer())
+    )
     gaps = (
         sa.select(sa.func.count())
         .select_from(segments)
