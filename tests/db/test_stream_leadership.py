@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,7 +51,11 @@ async def test_a_stand_by_writes_nothing_then_takes_over_promptly(
     da, db_ = two
     a, b = StreamLeadership(Leases(da), TTL, "a"), StreamLeadership(Leases(db_), TTL, "b")
     lost: list[str] = []
-    a.on_lost.append(lost.append)
+
+    def broken_listener(stream: str) -> None:
+        raise RuntimeError("a listener's bug")
+
+    a.on_lost += [broken_listener, lost.append]  # the bug does not keep the next one uninformed
     a.start()
     b.start()
     try:
@@ -99,6 +104,30 @@ async def test_a_stand_by_writes_nothing_then_takes_over_promptly(
     finally:
         await b.aclose()
         await a.aclose()
+
+
+async def test_a_crashed_renewal_loop_is_restarted(tmp_path: Path) -> None:
+    ttl = 1.5
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    a = StreamLeadership(Leases(db), ttl, "a")
+    real, crashes = a.renew_all, [0]
+
+    async def renew_all_crashing_once() -> None:
+        if not crashes[0]:
+            crashes[0] += 1
+            raise RuntimeError("a bug in the renewal loop")
+        await real()
+
+    a.renew_all = renew_all_crashing_once  # type: ignore[method-assign]
+    a.start()
+    try:
+        assert await a.try_lead("s")
+        await asyncio.sleep(2 * ttl)  # past the lease: only renewals keep it
+        assert a.leads("s") and crashes == [1]
+        assert a._sup is not None and a._sup.crash_count == 1
+    finally:
+        await a.aclose()
+        db.close()
 
 
 async def test_leases_of_other_streams_are_independent(two: tuple[Database, Database]) -> None:

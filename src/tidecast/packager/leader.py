@@ -149,7 +149,10 @@ class StreamLeadership:
         if self.held.pop(stream, None) is not None:
             log.warning("%s: lost the packager lease; another packager leads it", stream)
             for cb in self.on_lost:
-                cb(stream)
+                try:
+                    cb(stream)
+                except Exception:  # one listener's bug must not keep the others uninformed
+                    log.exception("%s: a listener of lost leases failed", stream)
 
     # -- renewal -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -180,7 +183,8 @@ class StreamLeadership:
         except Exception as exc:  # noqa: BLE001 - the lease is kept while valid, else dropped
             valid = self.leads(stream)
             log.warning("%s: could not renew the lease (%r); %s", stream, exc,
-                        "still valid here: trying again soon" if valid else "dropping it")  # fmt: skip
+                        "still valid here: trying again soon" if valid else "dropping it",
+                        exc_info=not transient.is_transient(exc))  # fmt: skip
             if not valid:
                 self._lose(stream)
             return
