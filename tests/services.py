@@ -1,5 +1,6 @@
 """Real servers for the scale-out tests: an S3 API server and a NATS server of our
-own (processes started here), and a fresh database on the machine's PostgreSQL."""
+own (processes started here), a fresh database on the machine's PostgreSQL, and a
+PostgreSQL server of a test's own (for tests that stop it)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,3 +105,95 @@ def pg_database() -> Iterator[str]:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+PG_BIN = Path(max(Path("/usr/lib/postgresql").glob("*/bin"), default=Path("/usr/lib/postgresql/bin"),
+                  key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0))  # fmt: skip
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (the Debian binaries: initdb, pg_ctl), on a free
+    port of 127.0.0.1 with trust auth and its own data directory, so that a test can stop
+    and start it without disturbing the machine's server or any other test.
+
+    The server refuses to run as root: it runs as the ``postgres`` system user then, in a
+    directory that user owns (under ``base`` when that user can reach it, else a fresh one
+    in the system temp dir). ``stop`` is a fast shutdown: clients are disconnected at once.
+    """
+
+    def __init__(self, base: Path) -> None:
+        for tool in ("initdb", "pg_ctl"):
+            if not (PG_BIN / tool).exists():
+                pytest.fail(f"PostgreSQL's {tool} is not installed ({PG_BIN})")
+        self.as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        base.mkdir(parents=True, exist_ok=True)
+        parent = base if self._reachable(base) else None
+        self.dir = Path(tempfile.mkdtemp(prefix="tidecast-pg-", dir=parent))
+        if self.as_pg:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self.port = free_port()
+        self.running = False
+        self._run(PG_BIN / "initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
+                  "-E", "UTF8", "--locale=C", "--no-sync")  # fmt: skip
+
+    def _reachable(self, path: Path) -> bool:
+        if not self.as_pg:
+            return True
+        return subprocess.run([*self.as_pg, "test", "-w", str(path), "-a", "-x", str(path)],
+                              check=False).returncode == 0  # fmt: skip
+
+    def _run(self, *cmd: object, timeout: float = 60) -> None:
+        r = subprocess.run([*self.as_pg, *map(str, cmd)], capture_output=True, text=True,
+                           timeout=timeout, check=False)  # fmt: skip
+        if r.returncode != 0:
+            pytest.fail(f"{Path(str(cmd[0])).name} failed ({r.returncode}):\n{r.stdout}{r.stderr}\n"
+                        f"{self.server_log()[-2000:]}")  # fmt: skip
+
+    def server_log(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def start(self) -> None:
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=50")  # fmt: skip
+        self._run(PG_BIN / "pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "30", "-o", opts, "start")
+        self.running = True
+        if not wait_port(self.port, 15):
+            pytest.fail(f"the private PostgreSQL did not listen:\n{self.server_log()[-2000:]}")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Shut the server down (``fast``: disconnect clients; ``immediate``: like a crash)."""
+        if self.running:
+            self._run(PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "-t", "30", "stop")
+            self.running = False
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str | None = None) -> str:
+        """A new, empty database on this server; its URL."""
+        name = name or "tidecast_" + secrets.token_hex(4)
+        admin = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as c:
+                c.execute(text(f'CREATE DATABASE "{name}"'))
+        finally:
+            admin.dispose()
+        return self.url(name)
+
+    def remove(self) -> None:
+        if self.running:
+            self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_postgres(base: Path) -> Iterator[PrivatePostgres]:
+    """A started ``PrivatePostgres``; stopped and removed afterwards."""
+    pg = PrivatePostgres(base)
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.remove()

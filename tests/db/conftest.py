@@ -1,4 +1,5 @@
-"""Every repository test runs on SQLite and on the real PostgreSQL server (:5432)."""
+"""Every repository test runs on SQLite and on the real PostgreSQL server (:5432); tests
+that stop the server use one of their own (``private_pg``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
+
+if TYPE_CHECKING:
+    from tests.services import PrivatePostgres
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -46,3 +51,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
     with pg_database() as url:
         yield url
+
+
+@pytest.fixture
+def private_pg(tmp_path: Path) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own, which the test may stop and start."""
+    from tests.services import private_postgres
+
+    with private_postgres(tmp_path / "pg") as pg:
+        yield pg

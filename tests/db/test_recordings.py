@@ -5,7 +5,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tidecast.db.recordings import ClipError, Recordings, Retention, SegmentRow
+from tidecast.db.recordings import (
+    BroadcastLive,
+    BroadcastNotFound,
+    ClipError,
+    Recordings,
+    Retention,
+    SegmentRow,
+)
 from tidecast.db.repo import Database
 
 
@@ -75,3 +82,105 @@ def test_chat_log(db_url: str) -> None:
     log.delete("m1")
     assert [m.text for m in log.for_broadcast("b1")] == ["hi 0", "hi 2"]
     db.close()
+
+
+def gap(rendition: str, seq: int, pdt: float, height: int = 360) -> SegmentRow:
+    return SegmentRow(rendition, seq, 0, 10.0 + 2 * seq, 2.0, "", "", 0, True, "", 0, 0, 0.0, pdt)
+
+
+def test_heal_turns_a_gap_into_the_real_segment_and_never_back(rec: Recordings) -> None:
+    rec.start(1, "b1", datetime.now(UTC), "Show", True)
+    rec.record_segment("b1", seg("360p", 0, 100.0))
+    rec.record_segment("b1", gap("360p", 1, 102.0))
+    assert rec.recorded_state("b1") == {("360p", 0): False, ("360p", 1): True}
+    assert rec.recorded_keys("b1") == {("360p", 0), ("360p", 1)}
+
+    real = seg("360p", 1, 102.0)
+    assert rec.heal_segment("b1", real)  # the gap gets its real row
+    [row] = [r for r in rec.segments("b1") if r.sequence == 1]
+    assert row == SegmentRow(**{**{f: getattr(real, f) for f in SegmentRow.__dataclass_fields__},
+                                "healed": True})  # fmt: skip
+    assert not rec.heal_segment("b1", real)  # twice: nothing more to do
+    rec.record_segment("b1", gap("360p", 1, 102.0))  # a late or repeated gap cannot un-heal
+    assert rec.recorded_state("b1")[("360p", 1)] is False
+    assert not rec.heal_segment("b1", seg("360p", 0, 100.0))  # never a gap: kept as it was
+    assert [r.healed for r in rec.segments("b1")] == [False, True]
+
+    assert rec.heal_segment("b1", seg("240p", 0, 100.0, 240))  # never recorded at all
+    assert rec.healed_segments("b1") == [("240p", 0), ("360p", 1)]
+    with pytest.raises(ValueError):
+        rec.heal_segment("b1", gap("360p", 2, 104.0))  # healing needs a real segment
+    with pytest.raises(BroadcastNotFound):
+        rec.heal_segment("nope", real)
+    with pytest.raises(BroadcastNotFound):
+        rec.record_segment("nope", real)
+
+
+def test_counts_of_gaps_and_heals_before_and_after_the_end(rec: Recordings) -> None:
+    rec.start(1, "b1", datetime.now(UTC), "Show", True)
+    for i in range(4):
+        rec.record_segment(
+            "b1", gap("720p", i, 100.0 + 2 * i) if i % 2 else seg("720p", i, 100.0 + 2 * i, 720)
+        )
+    rec.heal_segment("b1", seg("720p", 1, 102.0, 720))
+    live = rec.get("b1")
+    assert (live.gaps, live.healed, live.size) == (1, 1, 3000)
+    info = rec.finish("b1", datetime.now(UTC), "ended")
+    assert (info.gaps, info.healed, info.size, info.duration) == (1, 1, 3000, 8.0)
+    # healed after the end (the VOD heals in the background): the stored numbers follow
+    assert rec.heal_segment("b1", seg("720p", 3, 106.0, 720))
+    after = rec.get("b1")
+    assert (after.gaps, after.healed, after.size) == (0, 2, 4000)
+    assert [b.healed for b in rec.broadcasts("s")] == [2]
+    assert rec.healed_segments("b1") == [("720p", 1), ("720p", 3)]
+
+
+def test_live_broadcasts_report_what_is_recorded_so_far(rec: Recordings) -> None:
+    from sqlalchemy import event
+
+    now = datetime.now(UTC)
+    rec.start(1, "old", now - timedelta(hours=1), "Old", True)
+    rec.record_segment("old", seg("360p", 0, 10.0))
+    rec.finish("old", now - timedelta(minutes=30), "ended")
+    rec.start(1, "b1", now, "Show", True)
+    assert rec.get("b1").duration == 0.0 and rec.get("b1").renditions == ()
+    for i in range(3):
+        rec.record_segment("b1", seg("720p", i, 100.0 + 2 * i, 720))
+        rec.record_segment("b1", seg("360p", i, 100.0 + 2 * i))
+    rec.record_segment("b1", seg("720p", 3, 106.0, 720))
+    rec.record_segment("b1", seg("audio", 0, 100.0, 0))
+    info = rec.get("b1")
+    assert info.ended_at is None
+    assert (info.duration, info.size, info.renditions) == (8.0, 8000, ("360p", "720p", "audio"))
+    listed = {b.id: b for b in rec.broadcasts()}
+    assert listed["b1"] == info
+    assert (listed["old"].duration, listed["old"].size) == (2.0, 1000)  # finished: as stored
+    rec.end("b1", datetime.now(UTC), "unpublished")  # ended, not finished yet: still counted
+    assert rec.get("b1").size == 8000
+
+    # one aggregate query for all open broadcasts, not one per broadcast
+    statements: list[str] = []
+    event.listen(rec.db.engine, "before_cursor_execute",
+                 lambda _c, _cur, stmt, *_a: statements.append(stmt))  # fmt: skip
+    rec.broadcasts()
+    one = len(statements)
+    for n in range(5):
+        rec.start(1, f"more{n}", now + timedelta(seconds=n + 1), "More", True)
+        rec.record_segment(f"more{n}", seg("360p", 0, 100.0))
+    statements.clear()
+    assert {b.id: b.size for b in rec.broadcasts()}[f"more{n}"] == 1000
+    assert len(statements) == one
+
+
+def test_delete_refuses_a_live_broadcast(rec: Recordings) -> None:
+    rec.start(1, "b1", datetime.now(UTC), "Show", True)
+    rec.record_segment("b1", seg("360p", 0, 100.0))
+    with pytest.raises(BroadcastLive):
+        rec.delete("b1")
+    assert rec.get("b1").size == 1000 and len(rec.segments("b1")) == 1  # nothing deleted
+    rec.end("b1", datetime.now(UTC), "unpublished")
+    rec.delete("b1")
+    with pytest.raises(BroadcastNotFound):
+        rec.get("b1")
+    assert rec.segments("b1") == []
+    rec.delete("b1")  # already gone: nothing to do

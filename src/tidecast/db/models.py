@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -62,6 +71,9 @@ class Broadcast(Base):
     renditions: Mapped[str] = mapped_column(String(200), default="")  # comma-separated
     recorded: Mapped[bool] = mapped_column(Boolean, default=True)
     vod_ready: Mapped[bool] = mapped_column(Boolean, default=False)
+    # segments listed as EXT-X-GAP, and segments re-made after a gap (their rows say which)
+    gaps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    healed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     stream: Mapped[Stream] = relationship(back_populates="broadcasts")
 
 
@@ -87,6 +99,8 @@ class RecordedSegment(Base):
     height: Mapped[int] = mapped_column(Integer, default=0)
     frame_rate: Mapped[float] = mapped_column(Float, default=0.0)
     program_date_time: Mapped[float] = mapped_column(Float, default=0.0)
+    # first recorded as a gap (or not at all), then re-made: the record of what healed
+    healed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Clip(Base):
@@ -125,7 +139,8 @@ class Lease(Base):
 
     ``epoch`` is a fencing token: it grows each time the holder changes, so work
     stamped with an older epoch can be told apart from the current holder's.
-    ``expires_at`` is wall-clock epoch seconds: holders on different machines compare it.
+    ``expires_at`` is epoch seconds on the database's clock, the one clock every
+    holder's claim is judged on (``tidecast.db.leases``).
     """
 
     __tablename__ = "leases"

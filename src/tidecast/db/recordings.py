@@ -1,8 +1,21 @@
 """Recordings metadata: broadcasts, their recorded segments, clips, retention policies.
 
-Synchronous (call through ``asyncio.to_thread`` from async code), one short
-transaction per call. Segment rows are written before a segment is listed in a
-live playlist, so after a crash every listed segment can be found again.
+Synchronous (call through ``tidecast.db.transient.call`` from async code), one
+short transaction per call. Segment rows are written before a segment is listed
+in a live playlist, so after a crash every listed segment can be found again.
+
+Every write a packager makes (``record_segment``, ``heal_segment``, ``end``,
+``finish``) may carry a ``Fence``: checked in the write's own transaction, a
+fence whose epoch is no longer the lease's makes the call write nothing and
+raise ``StaleEpoch`` (see ``tidecast.db.leases``). Without one, a write is made
+as is (``tidecast serve``, with its single packager).
+
+Segment rows never get worse: the first row of a (rendition, sequence) stays,
+except that ``heal_segment`` turns a gap into the real segment (marked
+``healed``); a gap recorded where a real row exists changes nothing, so a late
+or repeated gap cannot undo a heal. A broadcast's duration, size, renditions
+and gap and healed counts are stored when it finishes (and again after a heal);
+until then they are computed from its rows whenever it is read.
 """
 
 from __future__ import annotations
@@ -11,9 +24,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import case, delete, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
+from tidecast.db.leases import Fence, begin_write, check_fence
 from tidecast.db.models import Broadcast, Clip, RecordedSegment, Stream
 from tidecast.db.repo import Database, StreamNotFound
 
@@ -26,6 +41,14 @@ class BroadcastNotFound(LookupError):
 
 class ClipError(ValueError):
     pass
+
+
+class BroadcastLive(Exception):
+    """A broadcast still open (not ended) cannot be deleted."""
+
+    def __init__(self, broadcast: str) -> None:
+        super().__init__(f"broadcast {broadcast} is live: end it before deleting it")
+        self.broadcast = broadcast
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +67,11 @@ class SegmentRow:
     height: int
     frame_rate: float
     program_date_time: float
+    healed: bool = False  # as read back; ``record_segment`` always writes False
+
+
+# the columns a recorded row is written with (``healed`` is the repository's to set)
+_ROW_FIELDS = tuple(f for f in SegmentRow.__dataclass_fields__ if f != "healed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +88,19 @@ class BroadcastInfo:
     renditions: tuple[str, ...]
     recorded: bool
     vod_ready: bool
+    gaps: int = 0  # segments listed as gaps (all renditions)
+    healed: int = 0  # segments re-made after a gap (``Recordings.healed_segments`` lists them)
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a broadcast's rows add up to."""
+
+    duration: float = 0.0  # of the top video rendition
+    size: int = 0
+    renditions: tuple[str, ...] = ()
+    gaps: int = 0
+    healed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,23 +122,98 @@ class Retention:
     value: int
 
 
-def _binfo(b: Broadcast, stream: str) -> BroadcastInfo:
+def _stored(b: Broadcast) -> Summary:
+    return Summary(
+        b.duration, b.size, tuple(r for r in b.renditions.split(",") if r), b.gaps, b.healed
+    )
+
+
+def _summarized(b: Broadcast) -> bool:
+    """Whether the stored numbers are the broadcast's (set by ``finish``), not still to compute."""
+    return b.ended_at is not None and bool(b.renditions)
+
+
+def _binfo(b: Broadcast, stream: str, summary: Summary | None = None) -> BroadcastInfo:
+    m = summary or _stored(b)
     return BroadcastInfo(
-        b.id, stream, b.title, b.started_at, b.ended_at, b.end_reason, b.parts, b.duration,
-        b.size, tuple(r for r in b.renditions.split(",") if r), b.recorded, b.vod_ready,
+        b.id, stream, b.title, b.started_at, b.ended_at, b.end_reason, b.parts, m.duration,
+        m.size, m.renditions, b.recorded, b.vod_ready, m.gaps, m.healed,
     )  # fmt: skip
 
 
 def _row(r: RecordedSegment) -> SegmentRow:
     return SegmentRow(
         r.rendition, r.sequence, r.part, r.start, r.duration, r.init_key, r.segment_key, r.size,
-        r.gap, r.codecs, r.width, r.height, r.frame_rate, r.program_date_time,
+        r.gap, r.codecs, r.width, r.height, r.frame_rate, r.program_date_time, r.healed,
     )  # fmt: skip
+
+
+def _summaries(s: Session, broadcasts: list[str]) -> dict[str, Summary]:
+    """The rows of several broadcasts added up, in one aggregate query."""
+    if not broadcasts:
+        return {}
+    RS = RecordedSegment
+    rows = s.execute(
+        select(RS.broadcast_id, RS.rendition, func.max(RS.height), func.sum(RS.duration),
+               func.sum(RS.size), func.sum(case((RS.gap.is_(True), 1), else_=0)),
+               func.sum(case((RS.healed.is_(True), 1), else_=0)))
+        .where(RS.broadcast_id.in_(broadcasts)).group_by(RS.broadcast_id, RS.rendition)
+    ).all()  # fmt: skip
+    per: dict[str, list[tuple[str, int, float, int, int, int]]] = {}
+    for bid, rendition, height, duration, size, gaps, healed in rows:
+        per.setdefault(bid, []).append(
+            (
+                rendition,
+                int(height or 0),
+                float(duration or 0),
+                int(size or 0),
+                int(gaps),
+                int(healed),
+            )
+        )
+    out: dict[str, Summary] = {}
+    for bid, rends in per.items():
+        rends.sort()
+        video = [r for r in rends if r[0] != "audio"]
+        main = max(video, key=lambda r: r[1]) if video else None  # the first of the tallest
+        out[bid] = Summary(
+            duration=round(main[2], 3) if main else 0.0, size=sum(r[3] for r in rends),
+            renditions=tuple(r[0] for r in rends), gaps=sum(r[4] for r in rends),
+            healed=sum(r[5] for r in rends),
+        )  # fmt: skip
+    return out
+
+
+def _store_summary(b: Broadcast, m: Summary) -> None:
+    b.duration, b.size, b.renditions = m.duration, m.size, ",".join(m.renditions)
+    b.gaps, b.healed = m.gaps, m.healed
 
 
 class Recordings:
     def __init__(self, db: Database) -> None:
         self.db = db
+        dialect = db.engine.dialect.name
+        self._pg = dialect == "postgresql"
+        if dialect not in ("postgresql", "sqlite"):  # needs ON CONFLICT; add the dialect here
+            raise NotImplementedError(f"recordings are not implemented for {dialect}")
+
+    def _insert(self) -> postgresql.Insert | sqlite.Insert:
+        return (postgresql.insert if self._pg else sqlite.insert)(RecordedSegment)
+
+    def _write(self, s: Session, fence: Fence | None) -> None:
+        """Open a write transaction; with a fence, refuse (``StaleEpoch``) unless it is current."""
+        begin_write(s)
+        if fence is not None:
+            check_fence(s, fence)
+
+    def _broadcast(self, s: Session, broadcast: str, *, lock: bool = False) -> Broadcast:
+        q = select(Broadcast).where(Broadcast.id == broadcast)
+        if lock and self._pg:
+            q = q.with_for_update()
+        b = s.scalar(q)
+        if b is None:
+            raise BroadcastNotFound(broadcast)
+        return b
 
     # -- broadcasts ------------------------------------------------------------
     def start(
@@ -118,22 +234,68 @@ class Recordings:
             s.commit()
             return b.parts - 1
 
-    def end(self, broadcast: str, ended_at: datetime, reason: str) -> None:
+    def end(
+        self, broadcast: str, ended_at: datetime, reason: str, fence: Fence | None = None
+    ) -> None:
+        """Mark a broadcast ended (once; a second end changes nothing). Unknown: nothing."""
         with self.db.session() as s:
+            self._write(s, fence)
             b = s.get(Broadcast, broadcast)
             if b is not None and b.ended_at is None:
                 b.ended_at, b.end_reason = ended_at, reason
-                s.commit()
+            s.commit()
 
-    def record_segment(self, broadcast: str, seg: SegmentRow) -> None:
+    def record_segment(self, broadcast: str, seg: SegmentRow, fence: Fence | None = None) -> None:
+        """Record a listed segment (or gap). A row already there for its (rendition,
+        sequence) stays as it is: a duplicate delivery, or a gap after the real one."""
+        RS = RecordedSegment
         with self.db.session() as s:
-            s.add(RecordedSegment(broadcast_id=broadcast, **{
-                f: getattr(seg, f) for f in SegmentRow.__dataclass_fields__
-            }))  # fmt: skip
-            try:
-                s.commit()
-            except IntegrityError:
-                s.rollback()  # the same segment delivered twice: already recorded
+            self._write(s, fence)
+            self._broadcast(s, broadcast)
+            stmt = (
+                self._insert()
+                .values(
+                    broadcast_id=broadcast,
+                    healed=False,
+                    **{f: getattr(seg, f) for f in _ROW_FIELDS},
+                )
+                .on_conflict_do_nothing(index_elements=[RS.broadcast_id, RS.rendition, RS.sequence])
+            )
+            s.execute(stmt)
+            s.commit()
+
+    def heal_segment(self, broadcast: str, seg: SegmentRow, fence: Fence | None = None) -> bool:
+        """The real segment for one first recorded as a gap, or not recorded at all.
+
+        The row becomes ``seg`` (keys, size, codecs, dimensions...) with gap false
+        and healed true; True if it changed. A real row already there is kept
+        (False): healing twice, or healing what never was a gap, changes nothing.
+        An ended broadcast's stored numbers are brought up to date with it.
+        """
+        if seg.gap:
+            raise ValueError(
+                f"{broadcast}: healing {seg.rendition}/{seg.sequence} needs a real segment, not a gap"
+            )
+        RS = RecordedSegment
+        with self.db.session() as s:
+            self._write(s, fence)
+            b = self._broadcast(s, broadcast, lock=True)  # concurrent heals count one after another
+            values = {f: getattr(seg, f) for f in _ROW_FIELDS} | {"gap": False, "healed": True}
+            ins = self._insert().values(broadcast_id=broadcast, **values)
+            stmt = ins.on_conflict_do_update(
+                index_elements=[RS.broadcast_id, RS.rendition, RS.sequence],
+                set_={
+                    f: getattr(ins.excluded, f)
+                    for f in values
+                    if f not in ("rendition", "sequence")
+                },
+                where=RS.gap.is_(True),
+            ).returning(RS.id)
+            changed = s.execute(stmt).first() is not None
+            if changed and _summarized(b):
+                _store_summary(b, _summaries(s, [broadcast]).get(broadcast, Summary()))
+            s.commit()
+            return changed
 
     def segments(self, broadcast: str) -> list[SegmentRow]:
         with self.db.session() as s:
@@ -143,29 +305,19 @@ class Recordings:
             )  # fmt: skip
             return [_row(r) for r in rows]
 
-    def finish(self, broadcast: str, ended_at: datetime, reason: str) -> BroadcastInfo:
-        """Close a broadcast and compute its duration, size and renditions from its segments."""
-        segs = self.segments(broadcast)
+    def finish(
+        self, broadcast: str, ended_at: datetime, reason: str, fence: Fence | None = None
+    ) -> BroadcastInfo:
+        """Close a broadcast and store its duration, size, renditions and counts from its rows."""
         with self.db.session() as s:
-            b = s.get(Broadcast, broadcast)
-            if b is None:
-                raise BroadcastNotFound(broadcast)
+            self._write(s, fence)
+            b = self._broadcast(s, broadcast, lock=True)
             if b.ended_at is None:
                 b.ended_at = ended_at
                 b.end_reason = reason
-            renditions = sorted({r.rendition for r in segs})
-            video = [r for r in renditions if r != "audio"]
-            main = (
-                max(video, key=lambda n: max(x.height for x in segs if x.rendition == n))
-                if video
-                else None
-            )
-            b.duration = (
-                round(sum(x.duration for x in segs if x.rendition == main), 3) if main else 0.0
-            )
-            b.size = sum(x.size for x in segs)
-            b.renditions = ",".join(renditions)
-            b.vod_ready = bool(segs) and b.recorded
+            m = _summaries(s, [broadcast]).get(broadcast, Summary())
+            _store_summary(b, m)
+            b.vod_ready = bool(m.renditions) and b.recorded
             s.commit()
             return _binfo(b, b.stream.name)
 
@@ -178,13 +330,28 @@ class Recordings:
             ).first()  # fmt: skip
             return (row[0], row[1].timestamp()) if row else None
 
+    def recorded_state(self, broadcast: str) -> dict[tuple[str, int], bool]:
+        """Every recorded (rendition, sequence) of a broadcast: True where it is a gap."""
+        with self.db.session() as s:
+            rows = s.execute(
+                select(RecordedSegment.rendition, RecordedSegment.sequence, RecordedSegment.gap)
+                .where(RecordedSegment.broadcast_id == broadcast)
+            )  # fmt: skip
+            return {(r, q): bool(g) for r, q, g in rows}
+
     def recorded_keys(self, broadcast: str) -> set[tuple[str, int]]:
+        """Every recorded (rendition, sequence), gaps included (``recorded_state`` says which)."""
+        return set(self.recorded_state(broadcast))
+
+    def healed_segments(self, broadcast: str) -> list[tuple[str, int]]:
+        """The segments of a broadcast that were re-made after a gap: (rendition, sequence)."""
         with self.db.session() as s:
             rows = s.execute(
                 select(RecordedSegment.rendition, RecordedSegment.sequence)
-                .where(RecordedSegment.broadcast_id == broadcast)
+                .where(RecordedSegment.broadcast_id == broadcast, RecordedSegment.healed.is_(True))
+                .order_by(RecordedSegment.rendition, RecordedSegment.sequence)
             )  # fmt: skip
-            return {(r, q) for r, q in rows}
+            return [(r, q) for r, q in rows]
 
     def needs_vod(self, broadcast: str) -> bool:
         """Ended and recorded, but its VOD was never written (its packager died)."""
@@ -222,23 +389,38 @@ class Recordings:
             )  # fmt: skip
 
     def get(self, broadcast: str) -> BroadcastInfo:
+        """A broadcast; one not finished yet reports what has been recorded so far."""
         with self.db.session() as s:
             b = s.get(Broadcast, broadcast)
             if b is None:
                 raise BroadcastNotFound(broadcast)
-            return _binfo(b, b.stream.name)
+            live = None if _summarized(b) else _summaries(s, [b.id]).get(b.id, Summary())
+            return _binfo(b, b.stream.name, live)
 
     def broadcasts(self, stream: str | None = None, vod_only: bool = False) -> list[BroadcastInfo]:
+        """Newest first; those not finished yet report what has been recorded so far."""
         with self.db.session() as s:
             q = select(Broadcast, Stream.name).join(Stream).order_by(Broadcast.started_at.desc())
             if stream is not None:
                 q = q.where(Stream.name == stream)
             if vod_only:
                 q = q.where(Broadcast.vod_ready.is_(True))
-            return [_binfo(b, name) for b, name in s.execute(q)]
+            found = [(b, name) for b, name in s.execute(q)]
+            live = _summaries(s, [b.id for b, _ in found if not _summarized(b)])
+            return [_binfo(b, name, None if _summarized(b) else live.get(b.id, Summary()))
+                    for b, name in found]  # fmt: skip
 
     def delete(self, broadcast: str) -> None:
+        """Delete an ended broadcast's rows (an unknown one: nothing). Refuses a live one
+        (``BroadcastLive``), decided in the same transaction as the delete."""
         with self.db.session() as s:
+            begin_write(s)
+            q = select(Broadcast.ended_at).where(Broadcast.id == broadcast)
+            row = s.execute(q.with_for_update() if self._pg else q).first()
+            if row is None:
+                return
+            if row[0] is None:
+                raise BroadcastLive(broadcast)
             s.execute(delete(RecordedSegment).where(RecordedSegment.broadcast_id == broadcast))
             s.execute(delete(Clip).where(Clip.broadcast_id == broadcast))
             s.execute(delete(Broadcast).where(Broadcast.id == broadcast))

@@ -1,7 +1,9 @@
 """Database: the few queries tidecast makes, behind one small class.
 
 Calls are synchronous (SQLite is local and fast); async code calls them via
-``asyncio.to_thread``. Names are validated here so every entry point (CLI, API)
+``tidecast.db.transient.call`` (a thread, and retries of transient errors). The
+engine fails fast on a dead server and recovers once it is back
+(``transient.engine_options``). Names are validated here so every entry point (CLI, API)
 refuses the same bad input with the same message.
 """
 
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tidecast.db.migrate import upgrade_engine
 from tidecast.db.models import Stream
+from tidecast.db.transient import engine_options
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -73,7 +76,7 @@ def _info(s: Stream) -> StreamInfo:
 
 class Database:
     def __init__(self, url: str) -> None:
-        self.engine: Engine = create_engine(url)
+        self.engine: Engine = create_engine(url, **engine_options(url))
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         # migrations, not create_all: existing databases get new columns too

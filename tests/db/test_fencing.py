@@ -1,0 +1,140 @@
+"""Fenced writes on SQLite and PostgreSQL: once another holder took a lease over, every
+write made under the old epoch is refused and writes nothing; a takeover that starts
+while a fenced write is in flight waits for it, so the write lands before the new epoch
+exists, never after (separate engines stand in for separate processes)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event, update
+
+from tidecast.db import StaleEpoch
+from tidecast.db.leases import Fence, Grant, Leases
+from tidecast.db.models import Lease
+from tidecast.db.recordings import Recordings, SegmentRow
+from tidecast.db.repo import Database
+
+NAME = "packager/s"
+
+
+def seg(seq: int, gap: bool = False, rendition: str = "360p") -> SegmentRow:
+    return SegmentRow(rendition, seq, 0, 2.0 * seq, 2.0, f"k/{rendition}/init.mp4",
+                      f"k/{rendition}/{seq:06d}.m4s", 0 if gap else 1000, gap, "avc1.4d401e", 640,
+                      360, 30.0, 100.0 + 2 * seq)  # fmt: skip
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    d = Database(db_url)
+    d.create_stream("s")
+    yield d
+    d.close()
+
+
+def _expire(db: Database, name: str = NAME) -> None:
+    """The holder stalled past its lease: as if its time had run out on the database clock."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            update(Lease).where(Lease.name == name).values(expires_at=Lease.expires_at - 3600)
+        )
+
+
+def test_a_stale_epoch_writes_nothing_after_a_takeover(db: Database) -> None:
+    rec, leases = Recordings(db), Leases(db)
+    rec.start(1, "b1", datetime.now(UTC), "t", True)
+    old = Fence(NAME, "p1", leases.acquire(NAME, "p1", 30.0).epoch)
+    rec.record_segment("b1", seg(0), fence=old)
+    rec.record_segment("b1", seg(1, gap=True), fence=old)
+    _expire(db)
+    new = Fence(NAME, "p2", leases.acquire(NAME, "p2", 30.0).epoch)
+    assert (old.epoch, new.epoch) == (1, 2)
+
+    before = rec.segments("b1")
+    with pytest.raises(StaleEpoch) as refused:
+        rec.record_segment("b1", seg(2), fence=old)
+    assert refused.value.current == ("p2", 2) and "epoch 1 refused" in str(refused.value)
+    with pytest.raises(StaleEpoch):
+        rec.heal_segment("b1", seg(1), fence=old)
+    with pytest.raises(StaleEpoch):
+        rec.end("b1", datetime.now(UTC), "ended", fence=old)
+    with pytest.raises(StaleEpoch):
+        rec.finish("b1", datetime.now(UTC), "ended", fence=old)
+    assert rec.segments("b1") == before  # nothing written
+    info = rec.get("b1")
+    assert info.ended_at is None and not info.vod_ready and rec.recorded_state("b1") == {
+        ("360p", 0): False, ("360p", 1): True}  # fmt: skip
+
+    # the same epoch under another holder's name is refused too; so is a lease never taken
+    with pytest.raises(StaleEpoch):
+        rec.record_segment("b1", seg(2), fence=Fence(NAME, "p3", 2))
+    with pytest.raises(StaleEpoch) as never:
+        rec.record_segment("b1", seg(2), fence=Fence("packager/other", "p1", 1))
+    assert never.value.current is None
+
+    # the new holder's writes go through, and so do unfenced ones (a single packager)
+    rec.record_segment("b1", seg(2), fence=new)
+    assert rec.heal_segment("b1", seg(1), fence=new)
+    rec.record_segment("b1", seg(3))
+    rec.end("b1", datetime.now(UTC), "ended", fence=new)
+    info = rec.finish("b1", datetime.now(UTC), "ended", fence=new)
+    assert info.vod_ready and info.healed == 1 and info.gaps == 0
+    assert [r.sequence for r in rec.segments("b1")] == [0, 1, 2, 3]
+
+
+def test_a_takeover_waits_for_a_fenced_write_in_flight(db: Database, db_url: str) -> None:
+    """The old holder's write has passed its fence check and is not committed yet when
+    the lease has expired and a stand-by asks for it: the takeover waits, the write
+    lands, then the new epoch exists and the old holder's next write is refused."""
+    rec, leases = Recordings(db), Leases(db)
+    rec.start(1, "b1", datetime.now(UTC), "t", True)
+    old = Fence(NAME, "p1", leases.acquire(NAME, "p1", 30.0).epoch)
+    _expire(db)  # stalled past the lease, not yet taken over
+
+    inserted, go_on = threading.Event(), threading.Event()
+
+    def pause_after_insert(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO SEGMENTS"):
+            inserted.set()
+            assert go_on.wait(10), "the test never let the write go on"
+
+    other = Database(db_url)  # another process (started before: its start-up writes too)
+    event.listen(db.engine, "after_cursor_execute", pause_after_insert)
+    write_error: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            rec.record_segment("b1", seg(0), fence=old)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            write_error.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert inserted.wait(10), "the fenced write never reached its insert"
+    try:
+        took: list[Grant] = []
+        taker = threading.Thread(
+            target=lambda: took.append(Leases(other).acquire(NAME, "p2", 30.0))
+        )
+        t0 = time.monotonic()
+        taker.start()
+        taker.join(0.7)
+        assert taker.is_alive() and not took, "the takeover did not wait for the write in flight"
+        go_on.set()
+        writer.join(10)
+        taker.join(10)
+        waited = time.monotonic() - t0
+        assert write_error == [] and took and took[0].granted and took[0].epoch == 2
+        assert waited >= 0.7
+        event.remove(db.engine, "after_cursor_execute", pause_after_insert)
+        assert [r.sequence for r in Recordings(other).segments("b1")] == [0]  # the write landed
+        with pytest.raises(StaleEpoch):
+            rec.record_segment("b1", seg(1), fence=old)
+    finally:
+        go_on.set()
+        other.close()
