@@ -138,7 +138,7 @@ class PublishGate:
         now = time.time()
         paused = self.paused.pop(info.name, None)
         if paused is not None:  # back within the grace period: same broadcast, next part
-            paused.timer.cancel()  # a tracked task of the supervisor: it ends at once
+            await self.supervisor.stop(self.grace_task(info.name))
             broadcast, started_at, first_seq = paused.broadcast, paused.started_at, paused.next_sequence
         else:
             broadcast, started_at, first_seq = new_broadcast_id(now), now, 0
@@ -175,13 +175,19 @@ class PublishGate:
         if reason == "server shutdown" or self.reconnect_grace <= 0:
             await self._finish(session.stream, session.broadcast, reason)
             return
-        timer = self.supervisor.run(
-            f"grace-{session.stream}", self._finish_later(session.stream, session.broadcast, reason)
+        stream, broadcast = session.stream, session.broadcast
+        timer = self.supervisor.spawn(  # a factory: cancelled before it starts, nothing leaks
+            self.grace_task(stream), lambda: self._finish_later(stream, broadcast, reason),
+            kind="ingest-grace",
         )
         self.paused[session.stream] = Paused(
             session.broadcast, session.started_at, session.sink.core.cut_count, timer,
             session.video, session.audio,
         )  # fmt: skip
+
+    @staticmethod
+    def grace_task(stream: str) -> str:
+        return f"grace-{stream}"
 
     async def _finish_later(self, stream: str, broadcast: str, reason: str) -> None:
         await asyncio.sleep(self.reconnect_grace)
@@ -210,8 +216,7 @@ class PublishGate:
         for session in list(self.sessions.values()):
             await self.close(session, "server shutdown")
         for stream, p in list(self.paused.items()):
-            p.timer.cancel()
-            await asyncio.gather(p.timer, return_exceptions=True)
+            await self.supervisor.stop(self.grace_task(stream))
             del self.paused[stream]
             await self._finish(stream, p.broadcast, "server shutdown")
         await self.supervisor.aclose()

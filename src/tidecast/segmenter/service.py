@@ -220,13 +220,17 @@ class BroadcastSegmenter:
         done, _ = await asyncio.wait({self.writer}, timeout=timeout)
         if done:
             return
-        left = ([self._current] if self._current is not None else []) + list(self.queue)
-        self.log.error("%s: segments still not stored after %.0f s: %d announced as gaps",
+        left = list(self.queue)  # the one being written is still its first
+        self.log.error("%s: segments still not stored after %g s: %d announced as gaps",
                        self.stream, timeout, len(left))  # fmt: skip
         await self.service.supervisor.stop(self._writer_name)
         self.queue.clear()
+        self.queued_bytes = 0
+        self._update_room()
+        transcoded = bool(self.service.plan)
         for seg in left:
-            await self._announce_gaps(seg, self._plan(seg), source=True, audio=True, rungs=True)
+            await self._announce_gaps(seg, self._plan(seg), source=True, audio=transcoded,
+                                      rungs=transcoded)  # fmt: skip
 
     # -- queue -----------------------------------------------------------------
     def _enqueue(self, segments: list[SourceSegment]) -> None:

@@ -140,10 +140,12 @@ class Connection:
         self.started = time.monotonic()
         self.connected = False
         self.stopping = False
+        self._stopped = asyncio.Event()
 
     def stop(self) -> None:
         """Server shutdown: stop reading; ``run`` ends its sessions and returns."""
         self.stopping = True
+        self._stopped.set()  # ends a backpressure wait
         transport = self.writer.transport
         if isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
             transport.pause_reading()  # nothing more is fed to the reader after its EOF
@@ -195,11 +197,21 @@ class Connection:
     async def _wait_for_room(self) -> None:
         """Hold this publisher while its segments wait to be stored (backpressure)."""
         for stream_id, s in list(self.sessions.items()):
-            if s.sink.full():
-                try:
-                    await s.sink.room()
-                except SegmentLimitError as exc:
-                    await self._refuse_media(stream_id, exc)
+            if not s.sink.full() or self.stopping:
+                continue
+            room = asyncio.ensure_future(s.sink.room())
+            stop = asyncio.ensure_future(self._stopped.wait())
+            try:
+                await asyncio.wait({room, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (room, stop):
+                    t.cancel()
+                await asyncio.gather(room, stop, return_exceptions=True)
+            exc = None if room.cancelled() else room.exception()
+            if isinstance(exc, SegmentLimitError):
+                await self._refuse_media(stream_id, exc)
+            elif exc is not None:
+                raise exc
 
     async def _refuse_media(self, stream_id: int, exc: SegmentLimitError) -> None:
         """The publisher broke a limit: tell it why, then hang up."""
