@@ -177,11 +177,9 @@ def test_huge_frames_are_cut_at_the_maximum_segment_size(
     before = playlist_length(server, "good")
     bad = RawPublisher(server.rtmp_port, bad_key)
     huge = b"\x00\xef\xff\xfc" + b"\x41" * (15 * 2**20 - 8)  # 15 MiB, under the RTMP message limit
-    sent = 0
-    for n in range(8):
+    for n in range(8):  # the 5th takes the segment past 64 MiB
         if not bad.frame(n * 33, keyframe=n == 0, data=huge):
             break
-        sent += 1
     rejected = bad.status("NetStream.Publish.Rejected", 20)
     assert rejected is not None, bad.replies
     assert rejected["description"].startswith("a segment grew past 64 MiB (")
