@@ -9,23 +9,29 @@ A publisher that drops and comes back within the reconnect grace period
 continues the same broadcast (a new *part*: sequence numbers go on, the
 playlists get an EXT-X-DISCONTINUITY). When the grace period runs out — or at
 shutdown — the gate announces ``BroadcastFinished`` and closes the broadcast.
+
+The gate is the ``tidecast.live.LiveStatus`` of its node: ``live()`` maps each
+stream to its live broadcast, paused ones (within the grace period) included.
+Its grace timers are tracked tasks of its own supervisor.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tidecast.bus.base import Bus
 from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database
+from tidecast.live import LiveBroadcast
 from tidecast.messages import BroadcastFinished
 from tidecast.segmenter.service import BroadcastSegmenter, SegmenterService
+from tidecast.supervise import Supervisor
 
 log = logging.getLogger("tidecast.ingest")
 
@@ -68,6 +74,23 @@ class Paused:
     started_at: float
     next_sequence: int
     timer: asyncio.Task[None]
+    video: str = ""
+    audio: str = ""
+
+
+class LiveSessions(dict[str, LiveSession]):
+    """The live sessions by stream; called, the gate's ``LiveStatus.live()`` view.
+
+    Transitional: callers that still read ``gate.live`` as a mapping of sessions
+    keep working; new code reads ``gate.sessions`` and calls ``gate.live()``.
+    """
+
+    def __init__(self, gate: PublishGate) -> None:
+        super().__init__()
+        self._gate = gate
+
+    def __call__(self) -> Mapping[str, LiveBroadcast]:
+        return self._gate.live_broadcasts()
 
 
 class PublishGate:
@@ -79,10 +102,23 @@ class PublishGate:
         self.segmenter = segmenter
         self.bus = bus
         self.reconnect_grace = reconnect_grace
-        self.live: dict[str, LiveSession] = {}
+        self.sessions = LiveSessions(self)
+        self.live = self.sessions  # LiveStatus: ``live()``; see LiveSessions
         self.paused: dict[str, Paused] = {}
         self.refused = 0
+        self.finish_errors = 0
         self._claimed: set[str] = set()  # streams whose publish is being set up
+        self.supervisor = Supervisor("ingest")
+
+    def live_broadcasts(self) -> dict[str, LiveBroadcast]:
+        """Live and paused broadcasts by stream (the ``LiveStatus`` of this node)."""
+        out = {
+            name: LiveBroadcast(name, p.broadcast, p.started_at, p.video, p.audio, paused=True)
+            for name, p in self.paused.items()
+        }
+        for name, s in self.sessions.items():
+            out[name] = LiveBroadcast(name, s.broadcast, s.started_at, s.video, s.audio)
+        return out
 
     async def open(self, key: str, remote: str, protocol: str) -> LiveSession:
         if not key:
@@ -93,7 +129,7 @@ class PublishGate:
             self.refused += 1
             log.warning("refused publish from %s: unknown stream key", remote)
             raise PublishRefused("NetStream.Publish.BadName", "unknown stream key")
-        if info.name in self.live or info.name in self._claimed:
+        if info.name in self.sessions or info.name in self._claimed:
             self.refused += 1
             log.warning("refused publish to %r from %s: already live", info.name, remote)
             raise PublishRefused(
@@ -102,7 +138,7 @@ class PublishGate:
         now = time.time()
         paused = self.paused.pop(info.name, None)
         if paused is not None:  # back within the grace period: same broadcast, next part
-            paused.timer.cancel()
+            await self.supervisor.stop(self.grace_task(info.name))
             broadcast, started_at, first_seq = paused.broadcast, paused.started_at, paused.next_sequence
         else:
             broadcast, started_at, first_seq = new_broadcast_id(now), now, 0
@@ -121,7 +157,7 @@ class PublishGate:
             self._claimed.discard(info.name)
         sink = self.segmenter.open(info.name, broadcast, now, first_sequence=first_seq, part=part)
         session = LiveSession(info.name, info.id, broadcast, started_at, remote, protocol, sink, part)
-        self.live[info.name] = session
+        self.sessions[info.name] = session
         what = f"resumed broadcast {broadcast} (part {part})" if part else f"broadcast {broadcast}"
         log.info("%s: live from %s over %s (%s)", info.name, remote, protocol, what)
         return session
@@ -133,16 +169,25 @@ class PublishGate:
         try:
             await session.sink.finish(reason)
         finally:
-            if self.live.get(session.stream) is session:
-                del self.live[session.stream]
+            if self.sessions.get(session.stream) is session:
+                del self.sessions[session.stream]
             log.info("%s: publisher gone (%s)", session.stream, reason)
         if reason == "server shutdown" or self.reconnect_grace <= 0:
             await self._finish(session.stream, session.broadcast, reason)
             return
-        timer = asyncio.create_task(self._finish_later(session.stream, session.broadcast, reason))
-        self.paused[session.stream] = Paused(
-            session.broadcast, session.started_at, session.sink.core.cut_count, timer
+        stream, broadcast = session.stream, session.broadcast
+        timer = self.supervisor.spawn(  # a factory: cancelled before it starts, nothing leaks
+            self.grace_task(stream), lambda: self._finish_later(stream, broadcast, reason),
+            kind="ingest-grace",
         )
+        self.paused[session.stream] = Paused(
+            session.broadcast, session.started_at, session.sink.core.cut_count, timer,
+            session.video, session.audio,
+        )  # fmt: skip
+
+    @staticmethod
+    def grace_task(stream: str) -> str:
+        return f"grace-{stream}"
 
     async def _finish_later(self, stream: str, broadcast: str, reason: str) -> None:
         await asyncio.sleep(self.reconnect_grace)
@@ -152,17 +197,26 @@ class PublishGate:
             await self._finish(stream, broadcast, reason)
 
     async def _finish(self, stream: str, broadcast: str, reason: str) -> None:
+        """The broadcast is over: recorded as ended, announced. A step that fails (its
+        own retries gave up) is logged and counted; the other still runs."""
         now = time.time()
-        await asyncio.to_thread(self.recordings.end, broadcast, datetime.fromtimestamp(now, UTC), reason)
-        await self.bus.publish(f"broadcast.{stream}", BroadcastFinished(stream, broadcast, now, reason))
+        try:
+            await asyncio.to_thread(self.recordings.end, broadcast, datetime.fromtimestamp(now, UTC), reason)
+        except Exception:
+            self.finish_errors += 1
+            log.exception("%s: could not record the end of broadcast %s", stream, broadcast)
+        try:
+            await self.bus.publish(f"broadcast.{stream}", BroadcastFinished(stream, broadcast, now, reason))
+        except Exception:
+            self.finish_errors += 1
+            log.exception("%s: could not announce the end of broadcast %s", stream, broadcast)
         log.info("%s: broadcast %s finished (%s)", stream, broadcast, reason)
 
     async def aclose(self) -> None:
-        for session in list(self.live.values()):
+        for session in list(self.sessions.values()):
             await self.close(session, "server shutdown")
         for stream, p in list(self.paused.items()):
-            p.timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await p.timer
+            await self.supervisor.stop(self.grace_task(stream))
             del self.paused[stream]
             await self._finish(stream, p.broadcast, "server shutdown")
+        await self.supervisor.aclose()

@@ -16,6 +16,28 @@ Rules:
 - Without video (audio-only publish), audio drives the cuts by duration.
 - A changed decoder configuration (resolution, codec) ends the segment and the
   next one starts with the new configuration (a new init segment downstream).
+
+Limits (every publisher is held to them; a frame that breaks one raises
+:class:`SegmentLimitError`, whose ``description`` says what was wrong and what to
+change, and the segmenter refuses every later frame):
+- A segment lasts at most ``max_duration`` seconds of media time: a publisher that
+  sends one keyframe and then only inter frames (or a keyframe interval far
+  longer than the target) is cut there. Default ``max(10 * target, 20 s)``: x264's
+  and OBS's automatic keyframe interval (250 frames, 10.4 s at 24 fps) stays
+  under it down to 12.5 fps, a long target keeps room for ten of its own GOPs,
+  and the playlists' target duration (which only grows) stays within what a
+  player tolerates.
+- A segment holds at most ``max_bytes`` of media (default 64 MiB: a 2 s segment
+  at 250 Mbps, or 20 s at 26 Mbps), so frames with frozen timestamps or huge
+  frames cannot grow it either.
+- Before the stream starts (no decoder configuration, no keyframe yet, or no
+  picture after metadata announced video) frames are dropped; once the dropped
+  frames span ``max_duration`` the publisher is refused instead of being
+  ignored for ever.
+The segment that broke a limit is discarded (its frames are counted in
+``dropped_frames``): it would raise every viewer's target duration for good.
+Segments cut before it, including one still waiting for its audio, are kept
+and come out of :meth:`Segmenter.flush`.
 """
 
 from __future__ import annotations
@@ -23,6 +45,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from tidecast.media.frames import AudioConfig, MediaFrame, TrackKind, VideoConfig
 
@@ -34,6 +57,26 @@ MS = VIDEO_TIMESCALE // 1000
 # needing a negative decode time. Video and audio move together.
 TIMELINE_OFFSET_S = 10
 _VIDEO_OFFSET = TIMELINE_OFFSET_S * VIDEO_TIMESCALE
+
+MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+MIN_MAX_DURATION = 20.0  # seconds: the floor of the default maximum segment duration
+
+
+def default_max_duration(target: float) -> float:
+    """The default longest segment for a segment ``target`` (see the module docstring)."""
+    return max(10 * target, MIN_MAX_DURATION)
+
+
+class SegmentLimitError(Exception):
+    """A publisher broke a segment limit; ``description`` is for the publisher to read.
+
+    ``limit`` names the rule: ``duration``, ``size`` or ``no_keyframe``.
+    """
+
+    def __init__(self, limit: str, description: str) -> None:
+        super().__init__(description)
+        self.limit = limit
+        self.description = description
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +133,23 @@ class Segmenter:
     """Feed it configs and frames; it returns completed segments as they are cut."""
 
     def __init__(
-        self, target: float = 2.0, clock: Callable[[], float] = time.time, first_sequence: int = 0
-    ) -> None:
+        self, target: float = 2.0, clock: Callable[[], float] = time.time, first_sequence: int = 0,
+        max_duration: float | None = None, max_bytes: int = MAX_SEGMENT_BYTES,
+    ) -> None:  # fmt: skip
         self.target_ticks = round(target * 0.9 * VIDEO_TIMESCALE)
         self.target = target
+        self.max_duration = default_max_duration(target) if max_duration is None else max_duration
+        if not self.max_duration >= target or max_bytes <= 0:
+            raise ValueError(f"bad segment limits: {self.max_duration} s (target {target} s), "
+                             f"{max_bytes} bytes")  # fmt: skip
+        self.max_bytes = max_bytes
+        self._max_ms = round(self.max_duration * 1000)
+        self.error: SegmentLimitError | None = None  # set once a limit was broken
+        self._bytes = 0  # media bytes in the current segment
+        self._first_ms = 0  # publisher clock (ms) of the current segment's first frame
+        self._closing_bytes = 0  # media bytes of the closing segment (it still takes audio)
+        self._waiting_since: int | None = None  # ms: first frame dropped before the start
+        self._kept: list[SourceSegment] = []  # completed by a frame that broke a limit
         self.clock = clock
         self.video_config: VideoConfig | None = None
         self.audio_config: AudioConfig | None = None
@@ -141,44 +197,55 @@ class Segmenter:
 
     # -- frames --------------------------------------------------------------
     def push(self, frame: MediaFrame) -> list[SourceSegment]:
+        """Take one frame; returns the segments it completes.
+
+        Raises :class:`SegmentLimitError` when the frame breaks a limit, and again for
+        every frame after it; segments completed before it come out of ``flush``.
+        """
+        if self.error is not None:
+            raise self.error
         if frame.kind is TrackKind.VIDEO:
             return self._push_video(frame)
         return self._push_audio(frame)
 
     def _push_video(self, frame: MediaFrame) -> list[SourceSegment]:
         if self.video_config is None:
-            self.dropped_frames += 1
-            return []
+            return self._drop_before_start(frame, "no video configuration (AVC sequence header)")
         out: list[SourceSegment] = []
         if not self._seen_keyframe:
             if not frame.keyframe:
-                self.dropped_frames += 1
-                return []
+                return self._drop_before_start(frame, "no keyframe")
             self._seen_keyframe = True
+            self._waiting_since = None
         elif frame.keyframe and self._video:
             elapsed = (frame.dts - self._video[0].dts) * MS
             if elapsed >= self.target_ticks:
                 out += self._release_closing()
+                size = self._bytes
                 seg = self._cut(next_video_dts=frame.dts * MS)
                 if self.audio_config is None:
                     out.append(seg)
                 else:
                     self._closing, self._closing_until = seg, frame.pts
+                    self._closing_bytes = size
         if self._closing is not None and frame.dts >= self._closing_until + 1000:
             out += self._release_closing()  # audio stalled: don't hold the segment back
+        self._check_current(frame, out)
         if not self._video and not self._audio:
-            self._first_arrival = frame.arrival or self.clock()
+            self._start_current(frame)
         self._video.append(frame)
+        self._bytes += len(frame.data)
         return out
 
     def _push_audio(self, frame: MediaFrame) -> list[SourceSegment]:
         cfg = self.audio_config
         if cfg is None:
-            self.dropped_frames += 1
+            self.dropped_frames += 1  # audio is optional: video alone is a stream
             return []
         if self.expect_video and not self._seen_keyframe:
-            self.dropped_frames += 1  # wait for the first picture so A/V start together
-            return []
+            # wait for the first picture so A/V start together (not for ever)
+            missing = "no keyframe" if self.video_config is not None else "no video"
+            return self._drop_before_start(frame, missing)
         spf = cfg.samples_per_frame
         from_clock = frame.dts * cfg.sample_rate // 1000 + TIMELINE_OFFSET_S * cfg.sample_rate
         if self._next_audio_dts is None or abs(from_clock - self._next_audio_dts) > 2 * spf:
@@ -189,15 +256,20 @@ class Segmenter:
         out: list[SourceSegment] = []
         if self._closing is not None:
             if frame.dts < self._closing_until:
+                if self._closing_bytes + len(frame.data) > self.max_bytes:
+                    self._fail("size", self._size_problem(self._closing_bytes + len(frame.data)), [])
                 self._closing.audio.append(AudioSample(frame.data, dts, spf))
+                self._closing_bytes += len(frame.data)
                 return out
             out += self._release_closing()
         elapsed = dts - self._audio[0].dts if self._audio else 0
         if not self.expect_video and elapsed >= self.target * cfg.sample_rate:
             out.append(self._cut(next_video_dts=None))
+        self._check_current(frame, out)
         if not self._video and not self._audio:
-            self._first_arrival = frame.arrival or self.clock()
+            self._start_current(frame)
         self._audio.append(AudioSample(frame.data, dts, spf))
+        self._bytes += len(frame.data)
         return out
 
     @property
@@ -206,8 +278,51 @@ class Segmenter:
         return self._seq
 
     def flush(self) -> list[SourceSegment]:
-        """End of stream: whatever is pending becomes the last segment."""
-        return self._flush_current()
+        """End of stream: whatever is pending becomes the last segment (after a broken
+        limit: the segments completed before it, the broken one is discarded)."""
+        out, self._kept = self._kept, []
+        return out + self._flush_current()
+
+    # -- limits --------------------------------------------------------------
+    def _start_current(self, frame: MediaFrame) -> None:
+        self._first_arrival = frame.arrival or self.clock()
+        self._first_ms = frame.dts
+
+    def _check_current(self, frame: MediaFrame, out: list[SourceSegment]) -> None:
+        """Refuse ``frame`` if it takes the current segment past a limit; ``out`` (what it
+        completed) is kept for ``flush``."""
+        size = self._bytes + len(frame.data)
+        if size > self.max_bytes:
+            self._fail("size", self._size_problem(size), out)
+        started = self._video or self._audio
+        if started and frame.dts - self._first_ms > self._max_ms:
+            self._fail("duration", f"no keyframe for {self.max_duration:.1f} s (a segment may "
+                       f"last at most {self.max_duration:g} s): {self._advice()}", out)  # fmt: skip
+
+    def _size_problem(self, size: int) -> str:
+        return (f"a segment grew past {self.max_bytes / 2**20:g} MiB ({size} bytes): "
+                f"lower the bitrate or {self._advice()}")  # fmt: skip
+
+    def _drop_before_start(self, frame: MediaFrame, missing: str) -> list[SourceSegment]:
+        """A frame that comes before the stream can start: dropped, refused once that lasts."""
+        self.dropped_frames += 1
+        if self._waiting_since is None:
+            self._waiting_since = frame.dts
+        elif frame.dts - self._waiting_since >= self._max_ms:
+            self._fail("no_keyframe", f"{missing} in the first {self.max_duration:.1f} s: "
+                       f"{self._advice()}", [])  # fmt: skip
+        return []
+
+    def _advice(self) -> str:
+        return f"set the encoder's keyframe interval to {self.target:g} s"
+
+    def _fail(self, limit: str, description: str, completed: list[SourceSegment]) -> NoReturn:
+        """Break off: the current segment is discarded; what was completed is kept."""
+        self.dropped_frames += len(self._video) + len(self._audio) + 1
+        self._video, self._audio, self._bytes = [], [], 0
+        self._kept += completed
+        self.error = SegmentLimitError(limit, description)
+        raise self.error
 
     # -- cutting -------------------------------------------------------------
     def _release_closing(self) -> list[SourceSegment]:
@@ -251,4 +366,5 @@ class Segmenter:
         self._seq += 1
         self._video = []
         self._audio = []
+        self._bytes = 0
         return seg

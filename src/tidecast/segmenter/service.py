@@ -4,55 +4,92 @@ Ingest calls the synchronous sink methods from its read loop; cut segments
 queue up for one writer task per broadcast, which muxes them to CMAF, stores
 init and media objects, and only then publishes ``SegmentReady`` on the bus —
 a message never points at an object that is not stored.
+
+Bounds and what happens at each:
+- The queue of cut segments waiting for the writer holds ``queue_segments``
+  segments or ``queue_bytes`` of media. Past that, ingest must wait
+  (``await sink.room()`` after each read: it stops reading the publisher's
+  socket, so TCP pushes back on the encoder); the wait is counted
+  (``tidecast_ingest_backpressure_seconds_total{stream}``) and lasts at most
+  ``backpressure_deadline``, after which the publisher is refused
+  (``StoreStalled``). Only that publisher waits: every broadcast has its own
+  queue and writer. One read adds at most what it cuts, so the queue never
+  holds more than its bound plus one read's frames and one segment.
+- A segment past its maximum duration or size (see ``segmenter.core``) ends the
+  publisher: ``frame`` raises ``SegmentLimitError``; ingest tells the publisher
+  and disconnects it, and the broadcast is finished normally.
+- A source segment that cannot be stored (the store's own retries gave up)
+  becomes a gap: ``SegmentReady(gap=True)`` for every rendition of that
+  sequence, so the packager lists EXT-X-GAP at once; no transcode job is
+  published for it; counted (``tidecast_segmenter_store_failures_total``).
+  A message the bus finally refuses is logged and counted
+  (``tidecast_segmenter_publish_failures_total``); the broadcast goes on.
+- ``finish`` waits for the writer at most ``finish_timeout``; what is still
+  queued then is announced as gaps.
+
+The writer and the transcode lag tracker of every broadcast are supervised
+tasks (crash logged, counted, restarted).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 
+from tidecast import keys
 from tidecast.bus.base import Bus, Subscription
 from tidecast.media.frames import AudioConfig, MediaFrame, VideoConfig
 from tidecast.messages import (
     BroadcastEnded,
     BroadcastStarted,
+    Message,
+    MessageError,
     SegmentReady,
     TranscodeJob,
     TranscodeLag,
 )
+from tidecast.metrics import REGISTRY, Registry
 from tidecast.segmenter import cmaf
 from tidecast.segmenter.backpressure import Backpressure, Decision
-from tidecast.segmenter.core import Segmenter, SourceSegment
+from tidecast.segmenter.core import (
+    MAX_SEGMENT_BYTES,
+    Segmenter,
+    SegmentLimitError,
+    SourceSegment,
+)
+from tidecast.segmenter.plan import AUDIO, SourcePlan, TranscodePlan, plan_for
 from tidecast.store.base import Store
-from tidecast.transcode.ladder import Rung, rungs_for_source
+from tidecast.supervise import Supervisor
 
 log = logging.getLogger("tidecast.segmenter")
 
 SOURCE = "source"
-AUDIO = "audio"  # the shared audio rendition next to a transcoded (video-only) ladder
-_END = None
+
+QUEUE_SEGMENTS = 8  # 16 s of media at the default target: a store may pause that long
+QUEUE_BYTES = 128 * 1024 * 1024
+BACKPRESSURE_DEADLINE = 30.0  # seconds a publisher may be held before it is refused
+FINISH_TIMEOUT = 60.0
 
 
-def broadcast_prefix(stream: str, broadcast: str) -> str:
-    return f"hls/{stream}/{broadcast}"
-
-
-def init_key(stream: str, broadcast: str, rendition: str, generation: int, part: int = 0) -> str:
-    return f"{broadcast_prefix(stream, broadcast)}/{rendition}/init-p{part}g{generation}.mp4"
-
-
-def segment_key(stream: str, broadcast: str, rendition: str, sequence: int) -> str:
-    return f"{broadcast_prefix(stream, broadcast)}/{rendition}/{sequence:06d}.m4s"
+class StoreStalled(SegmentLimitError):
+    """The broadcast's segments could not be stored in time: the publisher must stop."""
 
 
 @dataclass(slots=True)
 class SegmenterStats:
     segments: int = 0
     bytes: int = 0
-    store_errors: int = 0
+    store_errors: int = 0  # source or audio segments that could not be stored (gaps)
+    publish_errors: int = 0  # messages the bus refused
+    gaps: int = 0  # gap announcements published
+    backpressure_seconds: float = 0.0
+
+
+def _media_bytes(seg: SourceSegment) -> int:
+    return sum(len(s.data) for s in seg.video) + sum(len(s.data) for s in seg.audio)
 
 
 class BroadcastSegmenter:
@@ -67,23 +104,33 @@ class BroadcastSegmenter:
         self.broadcast = broadcast
         self.started_at = started_at
         self.part = part
-        self.core = Segmenter(service.target, first_sequence=first_sequence)
-        self.queue: asyncio.Queue[SourceSegment | None] = asyncio.Queue()
+        self.core = Segmenter(service.target, first_sequence=first_sequence,
+                              max_duration=service.max_segment_duration,
+                              max_bytes=service.max_segment_bytes)  # fmt: skip
+        # the bound is kept by ingest awaiting room() (backpressure), see the module docstring
+        self.queue: deque[SourceSegment] = deque()
+        self.queued_bytes = 0
+        self._wakeup = asyncio.Event()  # the writer has something to do
+        self._has_room = asyncio.Event()
+        self._has_room.set()
+        self._ended = False  # no segment after the queued ones
+        self._current: SourceSegment | None = None  # being written
         self.stats = SegmenterStats()
         self._announced = False
-        self._stored_inits: set[object] = set()
+        self._stored_inits: set[tuple[str, int]] = set()
+        self._plans: dict[tuple[int, int], SourcePlan] = {}
         self._finished = False
         self.log = logging.LoggerAdapter(log, {"stream": stream})
         # backpressure: the renditions of our jobs coming back tell how far transcoding lags
         self.pressure = Backpressure(service.lag_threshold)
         self._completions: Subscription | None = None
-        self._tracker: asyncio.Task[None] | None = None
-        if service.ladder:
-            self._completions = service.bus.subscribe(f"segment.{stream}")
-            self._tracker = asyncio.create_task(
-                self._track(self._completions), name=f"transcode-lag-{stream}"
-            )
-        self.writer = asyncio.create_task(self._write_loop(), name=f"segmenter-{stream}")
+        sup, tag = service.supervisor, f"{stream}-{broadcast}-p{part}"
+        self._tracker_name = f"segmenter-lag-{tag}"
+        if service.plan:
+            sub = self._completions = service.bus.subscribe(f"segment.{stream}")
+            sup.spawn(self._tracker_name, lambda: self._track(sub), kind="segmenter-lag")
+        self._writer_name = f"segmenter-writer-{tag}"
+        self.writer = sup.spawn(self._writer_name, self._write_loop, kind="segmenter-writer")
 
     # -- sink API (called by ingest) -----------------------------------------
     def metadata(self, data: dict[str, object]) -> None:
@@ -97,25 +144,69 @@ class BroadcastSegmenter:
         self._enqueue(self.core.set_audio_config(cfg))
 
     def frame(self, frame: MediaFrame) -> None:
-        self._enqueue(self.core.push(frame))
+        """Raises ``SegmentLimitError`` when the publisher broke a segment limit: tell it
+        ``exc.description`` and disconnect it (then ``finish`` as usual)."""
+        try:
+            segments = self.core.push(frame)
+        except SegmentLimitError as exc:
+            self._refused(exc)
+            raise
+        self._enqueue(segments)
+
+    def full(self) -> bool:
+        s = self.service
+        return len(self.queue) >= s.queue_segments or self.queued_bytes >= s.queue_bytes
+
+    async def room(self) -> None:
+        """Return once the queue is below its bound (at once, nearly always).
+
+        Ingest awaits this after handling each read, so a publisher whose segments
+        cannot be stored fast enough is not read from meanwhile. Raises
+        ``StoreStalled`` after ``backpressure_deadline`` seconds.
+        """
+        if not self.full():
+            return
+        s = self.service
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(self._has_room.wait(), s.backpressure_deadline)
+        except TimeoutError:
+            exc = StoreStalled(
+                "backpressure",
+                f"the server could not store this stream for {s.backpressure_deadline:g} s "
+                f"({len(self.queue)} segments waiting): its storage is too slow or down; "
+                "publish again later",
+            )
+            self._refused(exc)
+            raise exc from None
+        finally:
+            waited = time.monotonic() - t0
+            self.stats.backpressure_seconds += waited
+            s.m_backpressure.inc(waited, stream=self.stream)
+
+    def _refused(self, exc: SegmentLimitError) -> None:
+        self.service.m_cut.inc(stream=self.stream, limit=exc.limit)
+        self.log.warning("%s: publisher refused (%s): %s", self.stream, exc.limit, exc.description)
 
     async def finish(self, reason: str = "unpublished") -> None:
         """Cut the last segment, wait until everything is stored and announced."""
         if self._finished:
-            await self.writer
+            await asyncio.wait({self.writer}, timeout=self.service.finish_timeout)
             return
         self._finished = True
         self._enqueue(self.core.flush())
-        self.queue.put_nowait(_END)
-        await self.writer
-        await self.service.bus.publish(
+        self._ended = True
+        self._wakeup.set()
+        await self._wait_writer()
+        await self._publish(
             f"broadcast.{self.stream}",
             BroadcastEnded(
                 self.stream, self.broadcast, time.time(), reason, self.core.cut_count, self.part
             ),
         )
         await self._stop_tracking()
-        self.service.active.pop(self.broadcast, None)
+        if self.service.active.get(self.broadcast) is self:
+            del self.service.active[self.broadcast]
         self.log.info(
             "broadcast %s ended (%s): %d segments, %d bytes",
             self.broadcast,
@@ -124,58 +215,102 @@ class BroadcastSegmenter:
             self.stats.bytes,
         )
 
-    # -- writer ----------------------------------------------------------------
+    async def _wait_writer(self) -> None:
+        timeout = self.service.finish_timeout
+        done, _ = await asyncio.wait({self.writer}, timeout=timeout)
+        if done:
+            return
+        left = list(self.queue)  # the one being written is still its first
+        self.log.error("%s: segments still not stored after %g s: %d announced as gaps",
+                       self.stream, timeout, len(left))  # fmt: skip
+        await self.service.supervisor.stop(self._writer_name)
+        self.queue.clear()
+        self.queued_bytes = 0
+        self._update_room()
+        transcoded = bool(self.service.plan)
+        for seg in left:
+            await self._announce_gaps(seg, self._plan(seg), source=True, audio=transcoded,
+                                      rungs=transcoded)  # fmt: skip
+
+    # -- queue -----------------------------------------------------------------
     def _enqueue(self, segments: list[SourceSegment]) -> None:
         for seg in segments:
-            self.queue.put_nowait(seg)
+            self.queue.append(seg)
+            self.queued_bytes += _media_bytes(seg)
+        if segments:
+            self._wakeup.set()
+            self._update_room()
 
+    def _update_room(self) -> None:
+        if self.full():
+            self._has_room.clear()
+        else:
+            self._has_room.set()
+        self.service.m_queued.set(len(self.queue), stream=self.stream)
+
+    # -- writer ----------------------------------------------------------------
     async def _write_loop(self) -> None:
         if self._completions is not None:
             try:  # see every rendition of the first job come back
                 await self.service.bus.ready()
             except Exception:
                 self.log.exception("the transcode lag subscription did not start")
-        while (seg := await self.queue.get()) is not _END:
+        while True:
+            if not self.queue:
+                if self._ended:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            seg = self._current = self.queue[0]
             try:
-                await self._store(seg)
-            except Exception:
-                # A segment that cannot be stored is lost; the broadcast goes on.
+                await self._write(seg)
+            except Exception:  # a bug, not the store (handled in _write): the stream goes on
                 self.stats.store_errors += 1
-                self.log.exception("could not store segment %d of %s", seg.sequence, self.broadcast)
+                self.service.m_store_failures.inc(stream=self.stream)
+                self.log.exception("%s: segment %d failed; announced as a gap", self.stream, seg.sequence)
+                transcoded = bool(self.service.plan)
+                await self._announce_gaps(seg, self._plan(seg), source=True, audio=transcoded,
+                                          rungs=transcoded)  # fmt: skip
+            finally:
+                self._current = None
+                self.queue.popleft()
+                self.queued_bytes -= _media_bytes(seg)
+                self._update_room()
 
-    async def _store(self, seg: SourceSegment) -> None:
-        store, bus = self.service.store, self.service.bus
-        if not self._announced:
-            self._announced = True
-            v, a = seg.video_config, seg.audio_config
-            await bus.publish(
-                f"broadcast.{self.stream}",
-                BroadcastStarted(
-                    self.stream, self.broadcast, self.started_at,
-                    video_codec=v.codec if v else "", width=v.width if v else 0,
-                    height=v.height if v else 0, audio_codec=a.codec if a else "",
-                    frame_rate=round(seg.frame_rate, 3), part=self.part,
-                ),
-            )  # fmt: skip
-        gen = seg.config_generation
-        ikey = init_key(self.stream, self.broadcast, SOURCE, gen, self.part)
-        if gen not in self._stored_inits:
-            await store.put(ikey, cmaf.init_segment(seg.video_config, seg.audio_config))
-            self._stored_inits.add(gen)
-        data = cmaf.media_segment(seg)
-        skey = segment_key(self.stream, self.broadcast, SOURCE, seg.sequence)
-        await store.put(skey, data)
+    def _plan(self, seg: SourceSegment) -> SourcePlan:
+        """The rungs this source gets (computed once per source size)."""
+        v = seg.video_config
+        if v is None or not seg.video:
+            return SourcePlan(())
+        size = (v.width, v.height)
+        if size not in self._plans:
+            self._plans[size] = plan_for(self.service.plan, v.width, v.height)
+        return self._plans[size]
+
+    async def _write(self, seg: SourceSegment) -> None:
+        """Store one source segment and announce it; a store failure becomes gaps."""
+        await self._announce_started(seg)
+        plan = self._plan(seg)
+        transcoded = bool(self.service.plan)
+        a = seg.audio_config if seg.audio else None
+        try:
+            ikey, skey, size = await self._store_source(seg)
+        except Exception as exc:  # noqa: BLE001 - retried underneath: this is final
+            self._store_failed(seg, SOURCE, exc)
+            await self._announce_gaps(seg, plan, source=True, audio=transcoded, rungs=transcoded)
+            return
         stored_at = time.time()
         self.stats.segments += 1
-        self.stats.bytes += len(data)
-        v, a = seg.video_config, seg.audio_config
-        codecs = ",".join(c.codec for c in (v, a) if c is not None)
-        await bus.publish(
+        self.stats.bytes += size
+        v = seg.video_config
+        codecs = ",".join(c.codec for c in (v, seg.audio_config) if c is not None)
+        await self._publish(
             f"segment.{self.stream}",
             SegmentReady(
                 stream=self.stream, broadcast=self.broadcast, rendition=SOURCE,
                 sequence=seg.sequence, start=seg.start, duration=seg.duration,
-                init_key=ikey, segment_key=skey, size=len(data),
+                init_key=ikey, segment_key=skey, size=size,
                 has_video=bool(seg.video), has_audio=bool(seg.audio), codecs=codecs,
                 width=v.width if v else 0, height=v.height if v else 0,
                 frame_rate=round(seg.frame_rate, 3),
@@ -183,34 +318,156 @@ class BroadcastSegmenter:
                 stored_at=stored_at, part=self.part,
             ),
         )  # fmt: skip
-        planned = rungs_for_source(self.service.ladder, v.width, v.height) if v else ()
-        if self.service.ladder and seg.audio and a is not None:
-            await self._store_audio(seg, a, stored_at, tuple(r.name for r in planned) + (AUDIO,))
-        if self.service.ladder and seg.video and v is not None:
-            top_first = tuple(r.name for r in sorted(planned, key=lambda r: -r.height))
-            decision = self.pressure.plan(seg.sequence, top_first, time.monotonic())
-            await bus.publish(
-                f"job.transcode.{self.stream}",
-                TranscodeJob(
-                    stream=self.stream, broadcast=self.broadcast, sequence=seg.sequence,
-                    start=seg.start, duration=seg.duration, source_init_key=ikey,
-                    source_segment_key=skey, width=v.width, height=v.height,
-                    frame_rate=round(seg.frame_rate, 3), audio_codec=a.codec if a and seg.audio else "",
-                    rungs=tuple(r.to_dict() for r in sorted(planned, key=lambda r: -r.height)),
-                    renditions=tuple(r.name for r in planned) + ((AUDIO,) if a and seg.audio else ()),
-                    preset=self.service.preset, first_frame_arrival=seg.first_frame_arrival,
-                    stored_at=stored_at, part=self.part, skip=decision.skip,
-                ),
+        if transcoded and a is not None:
+            await self._store_audio(seg, a, stored_at, plan.renditions(audio=True))
+        if transcoded and v is not None and plan.rungs:
+            await self._publish_job(seg, plan, ikey, skey, stored_at)
+
+    async def _store_source(self, seg: SourceSegment) -> tuple[str, str, int]:
+        store = self.service.store
+        gen = seg.config_generation
+        ikey = keys.source_init(self.stream, self.broadcast, SOURCE, gen, self.part)
+        if (SOURCE, gen) not in self._stored_inits:
+            await store.put(ikey, cmaf.init_segment(seg.video_config, seg.audio_config))
+            self._stored_inits.add((SOURCE, gen))
+        data = cmaf.media_segment(seg)
+        skey = keys.segment(self.stream, self.broadcast, SOURCE, seg.sequence)
+        await store.put(skey, data)
+        return ikey, skey, len(data)
+
+    async def _store_audio(
+        self, seg: SourceSegment, a: AudioConfig, source_stored: float, renditions: tuple[str, ...]
+    ) -> None:
+        """With a ladder, audio is its own rendition: copied from the source, shared by all."""
+        store = self.service.store
+        gen = seg.config_generation
+        ikey = keys.source_init(self.stream, self.broadcast, AUDIO, gen, self.part)
+        skey = keys.segment(self.stream, self.broadcast, AUDIO, seg.sequence)
+        try:
+            if (AUDIO, gen) not in self._stored_inits:
+                await store.put(ikey, cmaf.init_segment(None, a))
+                self._stored_inits.add((AUDIO, gen))
+            data = cmaf.media_segment(seg, video=False)
+            await store.put(skey, data)
+        except Exception as exc:  # noqa: BLE001 - retried underneath: this is final
+            self._store_failed(seg, AUDIO, exc)
+            await self._announce_gaps(seg, self._plan(seg), source=False, audio=True, rungs=False)
+            return
+        audio_start = seg.audio[0].dts / a.sample_rate
+        await self._publish(
+            f"segment.{self.stream}",
+            SegmentReady(
+                stream=self.stream, broadcast=self.broadcast, rendition=AUDIO,
+                sequence=seg.sequence, start=seg.start, duration=seg.duration,
+                init_key=ikey, segment_key=skey, size=len(data), has_video=False,
+                codecs=a.codec, first_frame_arrival=seg.first_frame_arrival,
+                completed_at=seg.completed_at, stored_at=time.time(),
+                timings={"audio_start": audio_start, "source_stored": source_stored},
+                renditions=renditions,  # the packager waits for all of them before ENDLIST
+                part=self.part,
+            ),
+        )  # fmt: skip
+
+    async def _publish_job(
+        self, seg: SourceSegment, plan: SourcePlan, ikey: str, skey: str, stored_at: float
+    ) -> None:
+        v, a = seg.video_config, seg.audio_config if seg.audio else None
+        assert v is not None
+        decision = self.pressure.plan(seg.sequence, plan.names, time.monotonic())
+        job = TranscodeJob(
+            stream=self.stream, broadcast=self.broadcast, sequence=seg.sequence,
+            start=seg.start, duration=seg.duration, source_init_key=ikey,
+            source_segment_key=skey, width=v.width, height=v.height,
+            frame_rate=round(seg.frame_rate, 3), audio_codec=a.codec if a else "",
+            rungs=plan.job_rungs(), renditions=plan.renditions(audio=a is not None),
+            preset=self.service.preset, first_frame_arrival=seg.first_frame_arrival,
+            stored_at=stored_at, part=self.part, skip=decision.skip,
+        )  # fmt: skip
+        if not await self._publish(f"job.transcode.{self.stream}", job):
+            for name in plan.names:  # nobody will encode it: not a lag, a gap
+                self.pressure.done(seg.sequence, name)
+            await self._announce_gaps(seg, plan, source=False, audio=False, rungs=True)
+        await self._report_lag(decision)
+
+    async def _announce_started(self, seg: SourceSegment) -> None:
+        if self._announced:
+            return
+        v, a = seg.video_config, seg.audio_config
+        self._announced = await self._publish(
+            f"broadcast.{self.stream}",
+            BroadcastStarted(
+                self.stream, self.broadcast, self.started_at,
+                video_codec=v.codec if v else "", width=v.width if v else 0,
+                height=v.height if v else 0, audio_codec=a.codec if a else "",
+                frame_rate=round(seg.frame_rate, 3), part=self.part,
+            ),
+        )  # fmt: skip
+
+    # -- failures --------------------------------------------------------------
+    def _store_failed(self, seg: SourceSegment, rendition: str, exc: Exception) -> None:
+        self.stats.store_errors += 1
+        self.service.m_store_failures.inc(stream=self.stream)
+        self.log.error("%s: could not store segment %d (%s) of %s: %r; announced as a gap",
+                       self.stream, seg.sequence, rendition, self.broadcast, exc)  # fmt: skip
+
+    async def _publish(self, subject: str, msg: Message) -> bool:
+        """Publish (retried underneath); a final failure is logged and counted."""
+        try:
+            await self.service.bus.publish(subject, msg)
+        except Exception as exc:  # noqa: BLE001 - a lost message must not stop the broadcast
+            self.stats.publish_errors += 1
+            self.service.m_publish_failures.inc(stream=self.stream)
+            self.log.error("%s: could not publish %s on %s: %r", self.stream, msg.kind, subject, exc)
+            return False
+        return True
+
+    async def _announce_gaps(
+        self, seg: SourceSegment, plan: SourcePlan, *, source: bool, audio: bool, rungs: bool
+    ) -> None:
+        """Renditions of ``seg`` that will never be made: EXT-X-GAP, same sequence number."""
+        has_audio = bool(seg.audio) and seg.audio_config is not None
+        made = plan.renditions(audio=has_audio)  # what the job and the audio segment carry
+        # (rendition, the renditions its normal message names, has video, has audio)
+        names: list[tuple[str, tuple[str, ...], bool, bool]] = []
+        if source:
+            names.append((SOURCE, (SOURCE,), bool(seg.video), bool(seg.audio)))
+        if audio and has_audio:
+            names.append((AUDIO, made, False, True))
+        if rungs:
+            names += [(n, made, True, has_audio) for n in plan.names]
+        for name, renditions, video, sound in names:
+            gap = SegmentReady(
+                stream=self.stream, broadcast=self.broadcast, rendition=name,
+                sequence=seg.sequence, start=seg.start, duration=seg.duration, init_key="",
+                segment_key=keys.segment(self.stream, self.broadcast, name, seg.sequence),
+                size=0, has_video=video, has_audio=sound,
+                first_frame_arrival=seg.first_frame_arrival, completed_at=seg.completed_at,
+                renditions=renditions, gap=True, part=self.part,
             )  # fmt: skip
-            await self._report_lag(decision)
+            if await self._publish(f"segment.{self.stream}", gap):
+                self.stats.gaps += 1
 
     # -- backpressure ------------------------------------------------------------
     async def _track(self, sub: Subscription) -> None:
-        async for delivery in sub:
-            msg = delivery.message
-            if isinstance(msg, SegmentReady) and msg.broadcast == self.broadcast:
-                self.pressure.done(msg.sequence, msg.rendition)  # a gap counts as done too
-            await delivery.ack()
+        """Renditions coming back: a bad message is logged, counted and skipped."""
+        while True:
+            try:
+                delivery = await sub.next()
+            except MessageError as exc:  # the bus could not decode it
+                self.service.m_bad_messages.inc(stream=self.stream)
+                self.log.warning("%s: skipped a bad message on segment.%s: %s",
+                                 self.stream, self.stream, exc)  # fmt: skip
+                continue
+            if delivery is None:
+                return
+            try:
+                msg = delivery.message
+                if isinstance(msg, SegmentReady) and msg.broadcast == self.broadcast:
+                    self.pressure.done(msg.sequence, msg.rendition)  # a gap counts as done too
+                await delivery.ack()
+            except Exception:
+                self.service.m_bad_messages.inc(stream=self.stream)
+                self.log.exception("%s: could not take a message on %s", self.stream, delivery.subject)
 
     async def _report_lag(self, d: Decision) -> None:
         if d.degrading:
@@ -236,52 +493,78 @@ class BroadcastSegmenter:
         if self._completions is None:
             return
         await self._publish_lag(0.0, (), bool(self.pressure.skipped))
-        await self._completions.aclose()
-        if self._tracker is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tracker
+        await self._completions.aclose()  # the tracker's next() returns None: it ends
+        tracker = self.service.supervisor
+        if tracker.running(self._tracker_name):
+            await tracker.stop(self._tracker_name)
         self._completions = None
-
-    async def _store_audio(
-        self, seg: SourceSegment, a: AudioConfig, source_stored: float, renditions: tuple[str, ...]
-    ) -> None:
-        """With a ladder, audio is its own rendition: copied from the source, shared by all."""
-        store = self.service.store
-        ikey = init_key(self.stream, self.broadcast, AUDIO, seg.config_generation, self.part)
-        if ("audio", seg.config_generation) not in self._stored_inits:
-            await store.put(ikey, cmaf.init_segment(None, a))
-            self._stored_inits.add(("audio", seg.config_generation))
-        data = cmaf.media_segment(seg, video=False)
-        skey = segment_key(self.stream, self.broadcast, AUDIO, seg.sequence)
-        await store.put(skey, data)
-        audio_start = seg.audio[0].dts / a.sample_rate
-        await self.service.bus.publish(
-            f"segment.{self.stream}",
-            SegmentReady(
-                stream=self.stream, broadcast=self.broadcast, rendition=AUDIO,
-                sequence=seg.sequence, start=seg.start, duration=seg.duration,
-                init_key=ikey, segment_key=skey, size=len(data), has_video=False,
-                codecs=a.codec, first_frame_arrival=seg.first_frame_arrival,
-                completed_at=seg.completed_at, stored_at=time.time(),
-                timings={"audio_start": audio_start, "source_stored": source_stored},
-                renditions=renditions,  # the packager waits for all of them before ENDLIST
-                part=self.part,
-            ),
-        )  # fmt: skip
 
 
 class SegmenterService:
+    """Segmenters of every live broadcast of this ingest node.
+
+    ``plan`` is what transcoding makes of a source (``transcode.ladder.Ladder``);
+    falsy: no transcoding. ``max_segment_duration`` (None: ``max(10 * target, 20)``)
+    and ``max_segment_bytes`` are the segment limits; ``queue_segments`` /
+    ``queue_bytes`` bound each broadcast's queue, ``backpressure_deadline`` how long
+    a publisher may be held by it, ``finish_timeout`` how long a broadcast's end
+    waits for its segments to be stored.
+    """
+
     def __init__(
-        self, store: Store, bus: Bus, target: float, ladder: tuple[Rung, ...] = (),
-        preset: str = "veryfast", lag_threshold: float = 8.0,
+        self, store: Store, bus: Bus, target: float, plan: TranscodePlan | None = None,
+        preset: str = "veryfast", lag_threshold: float = 8.0, *,
+        max_segment_duration: float | None = None, max_segment_bytes: int = MAX_SEGMENT_BYTES,
+        queue_segments: int = QUEUE_SEGMENTS, queue_bytes: int = QUEUE_BYTES,
+        backpressure_deadline: float = BACKPRESSURE_DEADLINE,
+        finish_timeout: float = FINISH_TIMEOUT, registry: Registry = REGISTRY,
     ) -> None:  # fmt: skip
+        if plan and not callable(getattr(plan, "plan", None)):
+            raise TypeError(
+                f"plan must be a TranscodePlan (e.g. transcode.ladder.Ladder(rungs)), got {plan!r}"
+            )
+        if queue_segments < 1 or queue_bytes < 1 or backpressure_deadline <= 0 or finish_timeout <= 0:
+            raise ValueError("segmenter queue bounds and deadlines must be positive")
         self.store = store
         self.bus = bus
         self.target = target
-        self.ladder = ladder
+        self.plan = plan
         self.preset = preset
         self.lag_threshold = lag_threshold  # seconds of transcode lag before rungs are skipped
+        self.max_segment_duration = max_segment_duration
+        self.max_segment_bytes = max_segment_bytes
+        self.queue_segments = queue_segments
+        self.queue_bytes = queue_bytes
+        self.backpressure_deadline = backpressure_deadline
+        self.finish_timeout = finish_timeout
         self.active: dict[str, BroadcastSegmenter] = {}
+        self.supervisor = Supervisor("segmenter", registry=registry)
+        self.m_backpressure = registry.counter(
+            "tidecast_ingest_backpressure_seconds_total",
+            "Seconds ingest stopped reading a publisher because its segments were not stored yet.",
+            ("stream",),
+        )
+        self.m_cut = registry.counter(
+            "tidecast_ingest_publishers_refused_total",
+            "Live publishers disconnected for breaking a segment limit or stalling the store.",
+            ("stream", "limit"),
+        )
+        self.m_store_failures = registry.counter(
+            "tidecast_segmenter_store_failures_total",
+            "Segments the store finally refused (announced as gaps).", ("stream",),
+        )  # fmt: skip
+        self.m_publish_failures = registry.counter(
+            "tidecast_segmenter_publish_failures_total",
+            "Messages the bus finally refused.", ("stream",),
+        )  # fmt: skip
+        self.m_bad_messages = registry.counter(
+            "tidecast_segmenter_bad_messages_total",
+            "Messages the transcode lag tracker could not take (skipped).", ("stream",),
+        )  # fmt: skip
+        self.m_queued = registry.gauge(
+            "tidecast_segmenter_queued_segments",
+            "Cut segments waiting to be stored.", ("stream",),
+        )  # fmt: skip
 
     def open(
         self, stream: str, broadcast: str, started_at: float, first_sequence: int = 0, part: int = 0
@@ -293,3 +576,4 @@ class SegmenterService:
     async def aclose(self) -> None:
         for seg in list(self.active.values()):
             await seg.finish("server shutdown")
+        await self.supervisor.aclose()

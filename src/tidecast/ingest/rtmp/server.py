@@ -3,6 +3,20 @@
 One task per connection owns its ``ServerConnection``. Timeouts close clients
 that stall in the handshake or stop sending while publishing; any protocol
 error closes that one connection with a log line — never the server.
+
+After handling each read, a connection waits while a publisher's segmenter
+queue is full (``sink.room()``): it reads nothing from that socket meanwhile,
+so TCP holds the encoder back; only that publisher waits. A publisher that
+breaks a segment limit, or stays held past the backpressure deadline, gets an
+onStatus ``NetStream.Publish.Rejected`` saying why and is disconnected; its
+broadcast ends as if it had unpublished.
+
+Shutdown (``aclose``) stops accepting, asks every connection to stop (it stops
+reading and ends its sessions as "server shutdown") and waits for them, at
+most ``shutdown_timeout``; only a connection still running then is
+cancelled. The connection tasks are asyncio's (``start_server``): they are
+tracked here and never end with an exception, so nothing is logged as an
+unhandled error.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from tidecast.ingest.sessions import LiveSession, PublishGate, PublishRefused
 from tidecast.media import aac, h264
 from tidecast.media.errors import MediaError
 from tidecast.media.frames import MediaFrame, TrackKind
+from tidecast.segmenter.core import SegmentLimitError
 
 log = logging.getLogger("tidecast.ingest.rtmp")
 
@@ -41,6 +56,7 @@ class RTMPServer:
     def __init__(
         self, gate: PublishGate, host: str, port: int, app: str = "live",
         handshake_timeout: float = 10.0, idle_timeout: float = 30.0, max_connections: int = 256,
+        shutdown_timeout: float = 10.0,
     ) -> None:  # fmt: skip
         self.gate = gate
         self.host = host
@@ -49,9 +65,11 @@ class RTMPServer:
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.shutdown_timeout = shutdown_timeout
         self.stats = RTMPStats()
         self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], Connection] = {}
+        self._closing = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
@@ -60,13 +78,22 @@ class RTMPServer:
         log.info("RTMP ingest listening on %s:%d", self.host, self.port)
 
     async def aclose(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        for task in list(self._conns):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for conn in list(self._conns.values()):
+            conn.stop()
+        tasks = set(self._conns)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.shutdown_timeout)
+            for task in pending:
+                log.warning("%s: still busy %.0f s after shutdown began; cancelling it",
+                            self._conns[task].remote, self.shutdown_timeout)  # fmt: skip
+                task.cancel()
+            if pending:
+                _, stuck = await asyncio.wait(pending, timeout=self.shutdown_timeout)
+                if stuck:
+                    log.error("%d RTMP connection(s) did not stop", len(stuck))
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -79,14 +106,23 @@ class RTMPServer:
             log.warning("refusing %s: %d connections already", remote, len(self._conns))
             writer.close()
             return
-        self._conns.add(task)
+        conn = self._conns[task] = Connection(self, reader, writer, remote)
         self.stats.connections += 1
         self.stats.active += 1
+        if self._closing:
+            conn.stop()  # accepted just as the server began to close
         try:
-            await Connection(self, reader, writer, remote).run()
+            await conn.run()
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise
+            # cancelled by aclose past its deadline: asyncio's own callback would log
+            # this task's cancellation as an error; the shutdown was logged already
+        except Exception:
+            log.exception("%s: connection failed", remote)  # a bug: this connection only
         finally:
             self.stats.active -= 1
-            self._conns.discard(task)
+            del self._conns[task]
 
 
 class Connection:
@@ -103,6 +139,17 @@ class Connection:
         self.log = logging.LoggerAdapter(log, {})
         self.started = time.monotonic()
         self.connected = False
+        self.stopping = False
+        self._stopped = asyncio.Event()
+
+    def stop(self) -> None:
+        """Server shutdown: stop reading; ``run`` ends its sessions and returns."""
+        self.stopping = True
+        self._stopped.set()  # ends a backpressure wait
+        transport = self.writer.transport
+        if isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
+            transport.pause_reading()  # nothing more is fed to the reader after its EOF
+        self.reader.feed_eof()  # wakes a pending read
 
     async def run(self) -> None:
         reason = "publisher disconnected"
@@ -116,11 +163,15 @@ class Connection:
                     log.warning("%s: no data for %.0f s, closing", self.remote, timeout)
                     reason = "timeout"
                     break
+                if self.stopping:
+                    reason = "server shutdown"
+                    break
                 self.conn.receive_data(data)
                 await self._handle_events()
                 await self._flush()
                 if not data:
                     break
+                await self._wait_for_room()
         except CloseConnection as exc:
             log.info("%s: closing: %s", self.remote, exc)
             reason = str(exc)
@@ -143,6 +194,32 @@ class Connection:
             with contextlib.suppress(ConnectionError, OSError, asyncio.CancelledError):
                 await self.writer.wait_closed()
 
+    async def _wait_for_room(self) -> None:
+        """Hold this publisher while its segments wait to be stored (backpressure)."""
+        for stream_id, s in list(self.sessions.items()):
+            if not s.sink.full() or self.stopping:
+                continue
+            room = asyncio.ensure_future(s.sink.room())
+            stop = asyncio.ensure_future(self._stopped.wait())
+            try:
+                await asyncio.wait({room, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (room, stop):
+                    t.cancel()
+                await asyncio.gather(room, stop, return_exceptions=True)
+            exc = None if room.cancelled() else room.exception()
+            if isinstance(exc, SegmentLimitError):
+                await self._refuse_media(stream_id, exc)
+            elif exc is not None:
+                raise exc
+
+    async def _refuse_media(self, stream_id: int, exc: SegmentLimitError) -> None:
+        """The publisher broke a limit: tell it why, then hang up."""
+        self.server.stats.refused += 1
+        self.conn.reject_publish(stream_id, "NetStream.Publish.Rejected", exc.description)
+        await self._flush()
+        raise CloseConnection(f"publish rejected: {exc.description}")
+
     async def _flush(self) -> None:
         out = self.conn.data_to_send()
         if out:
@@ -159,13 +236,19 @@ class Connection:
         if isinstance(ev, rtmp.VideoFrame):
             s = self.sessions.get(ev.stream_id)
             if s:
-                s.sink.frame(MediaFrame(TrackKind.VIDEO, ev.dts, ev.pts, ev.data, ev.keyframe,
-                                        time.time()))  # fmt: skip
+                try:
+                    s.sink.frame(MediaFrame(TrackKind.VIDEO, ev.dts, ev.pts, ev.data, ev.keyframe,
+                                            time.time()))  # fmt: skip
+                except SegmentLimitError as exc:
+                    await self._refuse_media(ev.stream_id, exc)
         elif isinstance(ev, rtmp.AudioFrame):
             s = self.sessions.get(ev.stream_id)
             if s:
-                s.sink.frame(MediaFrame(TrackKind.AUDIO, ev.timestamp, ev.timestamp, ev.data,
-                                        True, time.time()))  # fmt: skip
+                try:
+                    s.sink.frame(MediaFrame(TrackKind.AUDIO, ev.timestamp, ev.timestamp, ev.data,
+                                            True, time.time()))  # fmt: skip
+                except SegmentLimitError as exc:
+                    await self._refuse_media(ev.stream_id, exc)
         elif isinstance(ev, rtmp.ConnectRequest):
             await self._on_connect(ev)
         elif isinstance(ev, rtmp.PublishRequest):
