@@ -8,7 +8,14 @@ import asyncio
 import json
 
 from tidecast.bus.memory import MemoryBus
-from tidecast.messages import RenditionOutput, SegmentReady, TranscodeJob, WorkerReply, decode, encode
+from tidecast.messages import (
+    RenditionOutput,
+    SegmentReady,
+    TranscodeJob,
+    WorkerReply,
+    decode,
+    encode,
+)
 from tidecast.transcode.coordinator import TranscodeCoordinator
 from tidecast.transcode.job import encoded_rungs, planned_rungs, skipped_rungs
 from tidecast.transcode.ladder import parse_ladder

@@ -297,6 +297,10 @@ class TranscodeCoordinator:
     def _lanes(self) -> list[Lane]:
         return [*self._live, *([self._heal_lane] if self._heal_lane else [])]
 
+    def held(self) -> int:
+        """Jobs the live lanes hold, unacknowledged (never more than there are lanes)."""
+        return sum(1 for lane in self._live if lane.delivery is not None)
+
     def busy(self) -> bool:
         """Live work held or queued (heal work is durable on the bus and waits)."""
         return bool(

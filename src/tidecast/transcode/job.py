@@ -27,7 +27,7 @@ import logging
 import struct
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from tidecast import ffmpeg, keys
@@ -218,8 +218,13 @@ def find_avcc(init: bytes) -> bytes:
 
 async def run_job(
     job: TranscodeJob, store: Store, *, exe: str, timeout: float, workdir: Path | None = None,
+    after_encode: Callable[[], Awaitable[None]] | None = None,
 ) -> WorkerReply:  # fmt: skip
-    """Encode the job's rungs (or reuse what an earlier attempt stored); JobError if it fails."""
+    """Encode the job's rungs (or reuse what an earlier attempt stored); JobError if it fails.
+
+    ``after_encode`` is awaited once the renditions are stored, before the outputs
+    record is looked at again (the worker's fault hook: a worker paused there).
+    """
     rungs = encoded_rungs(job)
     if not rungs:
         raise JobError(f"no rung to encode for a {job.width}x{job.height} source")
@@ -227,6 +232,8 @@ async def run_job(
     if earlier is not None:
         return WorkerReply(ok=True, outputs=earlier, reused=True)
     outputs = await _encode(job, store, rungs, exe=exe, timeout=timeout, workdir=workdir)
+    if after_encode is not None:
+        await after_encode()
     key = outputs_key(job)
     duplicate = await store.exists(key)  # another attempt finished while we encoded
     await store.put(key, outputs_record(job, outputs))

@@ -10,14 +10,17 @@ lets a redelivered one skip the encode).
 run at ``SCHED_IDLE``: it only gets CPU time nothing else wants. Heal jobs run
 in such a worker. Where SCHED_IDLE is refused, it falls back to ``nice 19``.
 
-Fault injection for tests comes from the environment:
-``TIDECAST_FAULT_DELAY="SEQ:SECONDS"`` delays that sequence number once per
-process, ``TIDECAST_FAULT_FAIL="SEQ"`` makes that sequence always fail,
-``TIDECAST_FAULT_REPLY="SEQ:TEXT"`` answers that sequence with the line TEXT
-instead of a reply (a worker that speaks garbage), ``TIDECAST_FAULT_EXIT="SEQ"``
-makes the worker exit (code 3) when it gets that sequence. These target live
-jobs; ``TIDECAST_FAULT_HEAL_<NAME>`` (e.g. ``TIDECAST_FAULT_HEAL_FAIL``) the
-same fault on heal jobs.
+Fault injection for tests comes from the environment (SEQ is a sequence number):
+
+- ``TIDECAST_FAULT_DELAY="SEQ:SECONDS"``: wait before the job (once per process);
+- ``TIDECAST_FAULT_STALL="SEQ:SECONDS"``: pause after the encode, before the
+  outputs record is looked at again (once per process);
+- ``TIDECAST_FAULT_FAIL="SEQ"``: fail that job, always;
+- ``TIDECAST_FAULT_REPLY="SEQ:TEXT"``: answer the line TEXT instead of a reply;
+- ``TIDECAST_FAULT_EXIT="SEQ"``: exit (code 3) on that job.
+
+These target live jobs; ``TIDECAST_FAULT_HEAL_<NAME>`` (``TIDECAST_FAULT_HEAL_FAIL``...)
+is the same fault on heal jobs.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def lower_priority() -> str:
         return f"nice 19 (SCHED_IDLE refused: {exc!r})"
 
 
-async def handle(line: str, store: Store, exe: str, timeout: float, delayed: set[int]) -> str:
+async def handle(line: str, store: Store, exe: str, timeout: float, delayed: set[object]) -> str:
     """One request line in, one reply line out."""
     try:
         job = decode(line.encode())
@@ -77,8 +80,15 @@ async def handle(line: str, store: Store, exe: str, timeout: float, delayed: set
         return garbage
     if _faulty(job, "FAIL") is not None:
         return WorkerReply(ok=False, error=f"injected failure for segment {job.sequence}").to_json()
+    stall = _faulty(job, "STALL")
+
+    async def after_encode() -> None:
+        if stall is not None and ("stall", job.sequence) not in delayed:
+            delayed.add(("stall", job.sequence))
+            await asyncio.sleep(float(stall))
+
     try:
-        reply = await run_job(job, store, exe=exe, timeout=timeout)
+        reply = await run_job(job, store, exe=exe, timeout=timeout, after_encode=after_encode)
     except JobError as exc:
         return WorkerReply(ok=False, error=str(exc)).to_json()
     except Exception as exc:  # noqa: BLE001 - a store error, say: report it, stay up for the next job
@@ -101,7 +111,7 @@ async def serve(store_url: str, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    delayed: set[int] = set()
+    delayed: set[object] = set()
     while line := await reader.readline():
         try:
             body = request_body(line)
