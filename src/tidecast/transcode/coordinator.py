@@ -431,8 +431,7 @@ class TranscodeCoordinator:
             log.warning("%s#%d: %s; restarting it", job.stream, job.sequence, exc)
             starved = lane.heal and isinstance(exc, WorkerDied) and exc.timed_out
             await self._failed(lane, delivery, job, str(exc), False, starved=starved)
-            await self._ensure_worker(lane)
-            return
+            return  # the lane starts a new worker before it pulls again
         elapsed = time.monotonic() - t0
         if reply.ok:
             why = check_outputs(job, reply.outputs)
