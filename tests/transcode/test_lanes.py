@@ -5,6 +5,7 @@ answers garbage, answers the wrong outputs or dies, and goes on with the next jo
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from tests.transcode.conftest import STREAM, Media, collect
@@ -121,3 +122,55 @@ async def test_a_message_that_is_not_a_job_is_dead_lettered_and_the_lane_goes_on
         await tc.aclose()
         await bus.aclose()
 
+
+
+class FlakyBus(MemoryBus):
+    """A MemoryBus whose first publish on ``segment.`` fails, as a broker outage would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def publish(self, subject: str, message: Message) -> None:
+        if subject.startswith("segment.") and self.failures:
+            self.failures -= 1
+            raise ConnectionError("the bus is down")
+        await super().publish(subject, message)
+
+
+async def test_an_error_after_the_encode_hands_the_job_back_and_the_retry_reuses_it(media: Media) -> None:
+    bus = FlakyBus()
+    segments = bus.subscribe(f"segment.{STREAM}")
+    tc = TranscodeCoordinator(bus, media.url, workers=1, heal=False, backoff=0.05)
+    await tc.start()
+    try:
+        await bus.publish(f"job.transcode.{STREAM}", media.job(0))
+        msgs = ready(await collect(segments, lambda m: len(m) == 2))
+        assert {(m.sequence, m.gap) for m in msgs} == {(0, False)}
+        snap = tc.snapshot()
+        assert snap["lane_errors"] == 1 and snap["retries"] == 1 and snap["reused"] == 1
+        assert snap["jobs_done"] == 1 and tc._sup.crash_count == 0
+    finally:
+        await tc.aclose()
+        await bus.aclose()
+
+
+async def test_a_worker_that_cannot_start_leaves_the_job_on_the_bus(media: Media) -> None:
+    bus = MemoryBus()
+    segments = bus.subscribe(f"segment.{STREAM}")
+    queue = bus.subscribe("job.transcode.>", group="transcode")
+    tc = TranscodeCoordinator(bus, media.url, workers=1, heal=False,
+                              worker_command=["/nonexistent/python", "-m", "tidecast.transcode.worker"])  # fmt: skip
+    await tc.start()
+    try:
+        await bus.publish(f"job.transcode.{STREAM}", media.job(0))
+        await asyncio.sleep(1.5)  # the lane tries to start its worker, with backoff
+        assert not tc.workers[0].alive and queue.pending() == 1 and tc.held() == 0
+        assert tc.stats.attempts_failed == 0  # no attempt used up by a broken host
+        tc.workers[0].command = (sys.executable, "-m", "tidecast.transcode.worker")  # repaired
+        msgs = ready(await collect(segments, lambda m: len(m) == 2))
+        assert {(m.sequence, m.gap) for m in msgs} == {(0, False)}
+        assert tc._sup.crash_count == 0
+    finally:
+        await tc.aclose()
+        await bus.aclose()
