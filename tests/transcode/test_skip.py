@@ -1,5 +1,6 @@
 """Backpressure on the transcode side: a job encodes only the rungs it does not skip,
-and the skipped ones are announced as gaps at the same sequence number."""
+the skipped ones are announced as gaps at the same sequence number, and one heal
+job asks for them to be encoded later."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import asyncio
 import json
 
 from tidecast.bus.memory import MemoryBus
-from tidecast.messages import SegmentReady, TranscodeJob, decode, encode
+from tidecast.messages import (
+    RenditionOutput,
+    SegmentReady,
+    TranscodeJob,
+    WorkerReply,
+    decode,
+    encode,
+)
 from tidecast.transcode.coordinator import TranscodeCoordinator
 from tidecast.transcode.job import encoded_rungs, planned_rungs, skipped_rungs
 from tidecast.transcode.ladder import parse_ladder
@@ -46,17 +54,17 @@ def test_skip_survives_the_wire_and_old_jobs_skip_nothing() -> None:
     assert isinstance(old, TranscodeJob) and old.skip == ()
 
 
-async def test_skipped_rungs_are_announced_as_gaps() -> None:
+async def test_skipped_rungs_are_announced_as_gaps_and_healed_later() -> None:
     bus = MemoryBus()
     sub = bus.subscribe("segment.>")
+    heal = bus.subscribe("job.heal.>", group="heal")
     coordinator = TranscodeCoordinator(bus, "file:///nonexistent", workers=1)  # no worker started
     j = job(skip=("720p",))
-    outputs = [
-        {"rendition": r, "init_key": f"hls/s/b/{r}/init-x.mp4", "segment_key": f"hls/s/b/{r}/000007.m4s",
-         "size": 1000, "codecs": "avc1.4d401e", "width": w, "height": h}
+    outputs = tuple(
+        RenditionOutput(r, f"hls/s/b/{r}/init-x.mp4", f"hls/s/b/{r}/000007.m4s", 1000, "avc1.4d401e", w, h)
         for r, w, h in (("480p", 854, 480), ("240p", 426, 240))
-    ]  # fmt: skip
-    await coordinator._announce(j, {"ok": True, "outputs": outputs})
+    )  # fmt: skip
+    await coordinator._announce(j, WorkerReply(ok=True, outputs=outputs))
     got: dict[str, SegmentReady] = {}
     deliveries = aiter(sub)
     while len(got) < 3:
@@ -69,4 +77,25 @@ async def test_skipped_rungs_are_announced_as_gaps() -> None:
     assert not got["480p"].gap and not got["240p"].gap
     for m in got.values():  # every rendition at the same sequence, the full set named
         assert m.sequence == 7 and m.renditions == ("720p", "480p", "240p", "audio")
+        assert not m.heal
+    # one heal job, for the skipped rung only, on the heal subject
+    delivery = await heal.next(1)
+    assert delivery is not None and delivery.subject == "job.heal.s"
+    healing = delivery.message
+    assert isinstance(healing, TranscodeJob) and healing.heal
+    assert names(encoded_rungs(healing)) == ["720p"] and healing.rungs == j.rungs
+    assert healing.skip == ("480p", "240p") and healing.sequence == 7
+    assert await heal.next(0.2) is None and heal.pending() == 0  # just one
+    await bus.aclose()
+
+
+async def test_renditions_come_from_the_job_when_it_names_them() -> None:
+    bus = MemoryBus()
+    sub = bus.subscribe("segment.>")
+    coordinator = TranscodeCoordinator(bus, "file:///nonexistent", workers=1)
+    await coordinator._announce_gaps(job(renditions=("720p", "480p", "240p", "audio", "extra")),
+                                     planned_rungs(job())[:1])  # fmt: skip
+    delivery = await sub.next(1)
+    assert delivery is not None and isinstance(delivery.message, SegmentReady)
+    assert delivery.message.renditions == ("720p", "480p", "240p", "audio", "extra")
     await bus.aclose()

@@ -1,19 +1,32 @@
 """A transcode worker process: ``python -m tidecast.transcode.worker --store URL``.
 
 Reads one JSON request per line on stdin ({"job": <bus wire form>}), runs it,
-answers one JSON line on stdout ({"ok": true, "outputs": [...]} or
-{"ok": false, "error": "..."}). Stateless: any worker can take any job, and a
-worker that dies mid-job costs one retry, because outputs have deterministic
-keys. Fault injection for tests comes from the environment:
-``TIDECAST_FAULT_DELAY="SEQ:SECONDS"`` delays that sequence number once per
-process, ``TIDECAST_FAULT_FAIL="SEQ"`` makes that sequence always fail.
+answers one line on stdout: a ``messages.WorkerReply`` (``to_json``). Stateless:
+any worker can take any job, and a worker that dies mid-job costs one retry,
+because outputs have deterministic keys (and a finished job's outputs record
+lets a redelivered one skip the encode).
+
+``--idle`` makes the worker (and so every ffmpeg it starts, which inherits it)
+run at ``SCHED_IDLE``: it only gets CPU time nothing else wants. Heal jobs run
+in such a worker. Where SCHED_IDLE is refused, it falls back to ``nice 19``.
+
+Fault injection for tests comes from the environment (SEQ is a sequence number):
+
+- ``TIDECAST_FAULT_DELAY="SEQ:SECONDS"``: wait before the job (once per process);
+- ``TIDECAST_FAULT_STALL="SEQ:SECONDS"``: pause after the encode, before the
+  outputs record is looked at again (once per process);
+- ``TIDECAST_FAULT_FAIL="SEQ"``: fail that job, always;
+- ``TIDECAST_FAULT_REPLY="SEQ:TEXT"``: answer the line TEXT instead of a reply;
+- ``TIDECAST_FAULT_EXIT="SEQ"``: exit (code 3) on that job.
+
+These target live jobs; ``TIDECAST_FAULT_HEAL_<NAME>`` (``TIDECAST_FAULT_HEAL_FAIL``...)
+is the same fault on heal jobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import os
@@ -22,7 +35,7 @@ import sys
 from pathlib import Path
 
 from tidecast import ffmpeg
-from tidecast.messages import MessageError, TranscodeJob, decode
+from tidecast.messages import MessageError, TranscodeJob, WorkerReply, decode
 from tidecast.store.base import Store
 from tidecast.store.factory import open_store
 from tidecast.transcode.job import JobError, run_job
@@ -30,32 +43,66 @@ from tidecast.transcode.job import JobError, run_job
 log = logging.getLogger("tidecast.worker")
 
 
-def _fault(name: str) -> str:
-    return os.environ.get(f"TIDECAST_FAULT_{name}", "")
+def _faulty(job: TranscodeJob, name: str) -> str | None:
+    """The argument of fault ``name`` (after ``SEQ:``) if it targets this job, else None."""
+    spec = os.environ.get(f"TIDECAST_FAULT_{'HEAL_' if job.heal else ''}{name}", "")
+    seq, _, arg = spec.partition(":")
+    return arg if seq.strip().isdigit() and int(seq) == job.sequence else None
 
 
-async def handle(
-    line: str, store: Store, exe: str, timeout: float, delayed: set[int]
-) -> dict[str, object]:
+def lower_priority() -> str:
+    """Run at SCHED_IDLE (children inherit it), or nice 19 where that is refused."""
     try:
-        job = decode(json.loads(line)["job"].encode())
-    except (ValueError, KeyError, TypeError, MessageError) as exc:
-        return {"ok": False, "error": f"bad request: {exc}", "permanent": True}
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        return "SCHED_IDLE"
+    except (OSError, AttributeError) as exc:
+        os.nice(19 - os.nice(0))
+        return f"nice 19 (SCHED_IDLE refused: {exc!r})"
+
+
+async def handle(line: str, store: Store, exe: str, timeout: float, delayed: set[object]) -> str:
+    """One request line in, one reply line out."""
+    try:
+        job = decode(line.encode())
+    except MessageError as exc:
+        return WorkerReply(ok=False, error=f"bad request: {exc}", permanent=True).to_json()
     if not isinstance(job, TranscodeJob):
-        return {"ok": False, "error": f"not a transcode job: {job.kind}", "permanent": True}
-    delay = _fault("DELAY")
-    if delay:
-        seq, seconds = delay.split(":")
-        if int(seq) == job.sequence and job.sequence not in delayed:
-            delayed.add(job.sequence)
-            await asyncio.sleep(float(seconds))
-    if _fault("FAIL") and int(_fault("FAIL")) == job.sequence:
-        return {"ok": False, "error": f"injected failure for segment {job.sequence}"}
+        return WorkerReply(ok=False, error=f"not a transcode job: {job.kind}", permanent=True).to_json()
+    delay = _faulty(job, "DELAY")
+    if delay is not None and job.sequence not in delayed:
+        delayed.add(job.sequence)
+        await asyncio.sleep(float(delay))
+    if _faulty(job, "EXIT") is not None:
+        log.warning("injected exit on segment %d", job.sequence)
+        os._exit(3)
+    garbage = _faulty(job, "REPLY")
+    if garbage is not None:
+        return garbage
+    if _faulty(job, "FAIL") is not None:
+        return WorkerReply(ok=False, error=f"injected failure for segment {job.sequence}").to_json()
+    stall = _faulty(job, "STALL")
+
+    async def after_encode() -> None:
+        if stall is not None and ("stall", job.sequence) not in delayed:
+            delayed.add(("stall", job.sequence))
+            await asyncio.sleep(float(stall))
+
     try:
-        outputs = await run_job(job, store, exe=exe, timeout=timeout)
+        reply = await run_job(job, store, exe=exe, timeout=timeout, after_encode=after_encode)
     except JobError as exc:
-        return {"ok": False, "error": str(exc)}
-    return {"ok": True, "outputs": [dataclasses.asdict(o) for o in outputs]}
+        return WorkerReply(ok=False, error=str(exc)).to_json()
+    except Exception as exc:  # noqa: BLE001 - a store error, say: report it, stay up for the next job
+        log.exception("%s#%d failed", job.stream, job.sequence)
+        return WorkerReply(ok=False, error=f"{type(exc).__name__}: {exc}").to_json()
+    return reply.to_json()
+
+
+def request_body(line: bytes) -> str:
+    """The job's wire form out of one request line ({"job": "..."})."""
+    raw = json.loads(line)
+    if not isinstance(raw, dict) or not isinstance(raw.get("job"), str):
+        raise ValueError('a request is {"job": <wire form>}')
+    return str(raw["job"])
 
 
 async def serve(store_url: str, timeout: float) -> None:
@@ -64,10 +111,15 @@ async def serve(store_url: str, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    delayed: set[int] = set()
+    delayed: set[object] = set()
     while line := await reader.readline():
-        reply = await handle(line.decode(), store, exe, timeout, delayed)
-        sys.stdout.write(json.dumps(reply) + "\n")
+        try:
+            body = request_body(line)
+        except ValueError as exc:
+            out = WorkerReply(ok=False, error=f"bad request: {exc}", permanent=True).to_json()
+        else:
+            out = await handle(body, store, exe, timeout, delayed)
+        sys.stdout.write(out.replace("\n", " ") + "\n")
         sys.stdout.flush()
 
 
@@ -81,12 +133,18 @@ def main() -> int:
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="seconds before a hung ffmpeg is killed"
     )
+    parser.add_argument(
+        "--idle", action="store_true",
+        help="run at the lowest CPU priority (SCHED_IDLE, else nice 19): for heal jobs",
+    )  # fmt: skip
     args = parser.parse_args()
     # Ctrl-C in a terminal reaches the whole process group; the coordinator owns our
     # lifecycle (it closes stdin, we finish the current job and exit), so ignore it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s worker[{os.getpid()}] %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if args.idle:
+        log.info("running at low priority: %s", lower_priority())
     asyncio.run(serve(args.store, args.timeout))
     return 0
 
