@@ -66,6 +66,15 @@ class Settings:
     chat_blocked_words: str = ""  # comma-separated; messages containing one are refused
     rtmp_handshake_timeout: float = 10.0  # seconds to finish handshake + connect
     rtmp_idle_timeout: float = 30.0  # seconds a publisher may send nothing
+    # a segment may last this long (0 = max(10 x segment_target, 20 s)) and weigh this much:
+    # a publisher past either (e.g. no keyframe for that long) is refused and disconnected
+    segment_max_duration: float = 0.0
+    segment_max_mb: int = 64
+    # seconds the packager waits for a missing segment before it lists EXT-X-GAP
+    # (0 = 3 x segment_target); a real segment arriving later heals the gap
+    segment_deadline: float = 0.0
+    store_retry_deadline: float = 30.0  # seconds one store operation retries transient errors
+    heal: bool = True  # re-encode, at low priority, what live skipped or lost (recordings heal)
 
     def __post_init__(self) -> None:
         for name in ("http_port", "rtmp_port"):
@@ -97,10 +106,29 @@ class Settings:
             raise ConfigError("RTMP timeouts must be positive")
         if self.reconnect_grace < 0:
             raise ConfigError("reconnect_grace must not be negative")
+        if self.segment_max_duration and not (
+            2 * self.segment_target <= self.segment_max_duration <= 3600
+        ):
+            raise ConfigError("segment_max_duration must be 0 (auto) or 2 x segment_target..3600 s")
+        if not 1 <= self.segment_max_mb <= 4096:
+            raise ConfigError("segment_max_mb must be 1..4096")
+        if self.segment_deadline and not self.segment_target <= self.segment_deadline <= 600:
+            raise ConfigError("segment_deadline must be 0 (auto) or segment_target..600 s")
+        if not 1 <= self.store_retry_deadline <= 3600:
+            raise ConfigError("store_retry_deadline must be 1..3600 s")
         if not self.transcode_lag_threshold > 0:
             raise ConfigError(
                 f"transcode_lag_threshold must be positive, got {self.transcode_lag_threshold}"
             )
+
+    @property
+    def gap_after(self) -> float:
+        """Seconds a missing segment is waited for before it is listed as a gap."""
+        return self.segment_deadline or 3 * self.segment_target
+
+    @property
+    def max_segment_duration(self) -> float:
+        return self.segment_max_duration or max(10 * self.segment_target, 20.0)
 
     def rungs(self) -> tuple[Rung, ...]:
         if self.ladder in ("none", ""):
@@ -169,6 +197,11 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "lease_ttl": float,
     "job_ack_wait": float,
     "admin_token": str,
+    "segment_max_duration": float,
+    "segment_max_mb": int,
+    "segment_deadline": float,
+    "store_retry_deadline": float,
+    "heal": lambda v: v.lower() in ("1", "true", "yes", "on"),
 }
 
 

@@ -1,8 +1,10 @@
-"""The scale-out roles: each stage of the pipeline as its own process.
+"""The roles: each stage of the pipeline as a component that runs alone or beside the others.
 
-``tidecast serve`` runs everything in one process on embedded defaults. A
-deployment instead runs any number of each role, on any hosts, sharing one
-configuration (``--config tidecast.toml`` or ``TIDECAST_*`` variables):
+``tidecast serve`` runs every role in one process on embedded defaults
+(``node.Node`` composes these same objects around one in-process bus, one
+database and one store). A deployment instead runs any number of each role,
+on any hosts, sharing one configuration (``--config tidecast.toml`` or
+``TIDECAST_*`` variables):
 
 - ``tidecast ingest``   RTMP ingest + segmenter: source segments to the store,
                         jobs and segment events to the bus.
@@ -15,60 +17,120 @@ configuration (``--config tidecast.toml`` or ``TIDECAST_*`` variables):
 They meet only in the bus (NATS JetStream), the database (PostgreSQL) and the
 object store (S3 or a shared directory), so any process can die and be
 restarted without losing what was accepted before.
+
+Each role takes the resources it meets the others in (``Shared``) or, alone,
+opens its own; it starts and closes only what it opened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import uvicorn
 
+from tidecast.bus.base import Bus
+from tidecast.bus.memory import MemoryBus
 from tidecast.bus.nats import NatsBus
 from tidecast.chat.hub import ChatHub
 from tidecast.chat.room import ChatLimits
 from tidecast.config import ConfigError, Settings
+from tidecast.db import transient
+from tidecast.db import StaleEpoch as StaleLease
 from tidecast.db.chat import ChatLog
 from tidecast.db.leases import Leases
 from tidecast.db.recordings import Recordings
+from tidecast.db.repo import Database
 from tidecast.ingest.rtmp.server import RTMPServer
 from tidecast.ingest.sessions import PublishGate
-from tidecast.node import admin_secrets, open_database, start_http
-from tidecast.origin.app import AppContext, create_app
+from tidecast.live import LiveBroadcast, LiveStatus
+from tidecast.node_http import admin_secrets, open_database, start_http
+from tidecast.origin.app import AppContext, TranscodeStatus, create_app
 from tidecast.origin.cache import HotCache
 from tidecast.origin.metrics import MetricsListener
+from tidecast.packager.hls import epoch_of
 from tidecast.packager.leader import StreamLeadership
 from tidecast.packager.service import Packager
 from tidecast.recorder.service import Recorder
 from tidecast.segmenter.service import SegmenterService
-from tidecast.store.base import Store
-from tidecast.store.factory import open_store, store_url_of
+from tidecast.store.base import VersionedStore
+from tidecast.store.factory import StoreRetry, open_store, store_url_of, unwrap
+from tidecast.store.fenced import FencedWriter
+from tidecast.store.fenced import StaleEpoch as StaleObject
 from tidecast.store.local import LocalStore
+from tidecast.store.retrying import is_transient as store_transient
+from tidecast.supervise import Supervisor
 from tidecast.transcode.coordinator import TranscodeCoordinator
+from tidecast.transcode.ladder import Ladder
 
 log = logging.getLogger("tidecast.roles")
 
+ORIGIN_STORE_DEADLINE = 3.0  # s a viewer's request rides out the store (players retry anyway)
 
-def _bus(settings: Settings, role: str) -> NatsBus:
-    if not settings.bus_url:
+
+@dataclass(slots=True)
+class Shared:
+    """What roles in one process meet in; whoever made it starts and closes it."""
+
+    bus: Bus
+    db: Database
+    store: VersionedStore  # retrying
+
+
+def open_bus(settings: Settings, role: str | None = None) -> MemoryBus | NatsBus:
+    if settings.bus_url:
+        return NatsBus(settings.bus_url, prefix=settings.bus_prefix, ack_wait=settings.job_ack_wait)
+    if role is not None:
         raise ConfigError(f"the {role} role needs a bus: set bus_url (nats://host:4222)")
-    return NatsBus(settings.bus_url, prefix=settings.bus_prefix, ack_wait=settings.job_ack_wait)
+    return MemoryBus()
 
 
-def _store(settings: Settings) -> Store:
-    return open_store(settings.store_url, settings.media_dir)
+def open_media(settings: Settings, deadline: float | None = None) -> VersionedStore:
+    """The configured store, retrying transient errors for ``deadline`` s per operation."""
+    return open_store(settings.store_url, settings.media_dir,
+                      retry=StoreRetry(deadline=deadline or settings.store_retry_deadline))  # fmt: skip
 
 
-async def _open_store(settings: Settings) -> Store:
-    store = _store(settings)
-    ensure = getattr(store, "ensure_bucket", None)
+async def ensure_bucket(store: VersionedStore) -> None:
+    ensure = getattr(unwrap(store), "ensure_bucket", None)
     if ensure is not None:
         await ensure()
-    return store
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A store or database error worth trying again."""
+    return store_transient(exc) or transient.is_transient(exc)
+
+
+class _Owned:
+    """The resources a role opened itself (alone) and so must start and close."""
+
+    def __init__(self, settings: Settings, shared: Shared | None, role: str, *, db: bool) -> None:
+        self.bus_owned = shared is None
+        self.bus: Bus = shared.bus if shared else open_bus(settings, role)
+        self.db_owned = shared is None and db
+        self.db: Database | None = shared.db if shared else (open_database(settings) if db else None)
+        self.store: VersionedStore = shared.store if shared else open_media(settings)
+
+    async def start(self) -> None:
+        if self.bus_owned:
+            await ensure_bucket(self.store)
+            if isinstance(self.bus, NatsBus):
+                await self.bus.start()
+
+    async def ready(self) -> None:
+        if self.bus_owned:
+            await self.bus.ready()
+
+    async def aclose(self) -> None:
+        if self.bus_owned:
+            await self.bus.aclose()
+        if self.db_owned and self.db is not None:
+            self.db.close()
 
 
 class IngestNode:
@@ -76,14 +138,18 @@ class IngestNode:
 
     role = "ingest"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shared: Shared | None = None) -> None:
         self.settings = settings
-        self.db = open_database(settings)
-        self.bus = _bus(settings, self.role)
-        self.store: Store = _store(settings)
-        self.segmenter = SegmenterService(self.store, self.bus, settings.segment_target, settings.rungs(),
-                                          settings.x264_preset,
-                                          lag_threshold=settings.transcode_lag_threshold)  # fmt: skip
+        self.own = _Owned(settings, shared, self.role, db=True)
+        assert self.own.db is not None
+        self.bus, self.db, self.store = self.own.bus, self.own.db, self.own.store
+        self.segmenter = SegmenterService(
+            self.store, self.bus, settings.segment_target, Ladder(settings.rungs()), settings.x264_preset,
+            settings.transcode_lag_threshold, max_segment_duration=settings.max_segment_duration,
+            max_segment_bytes=settings.segment_max_mb << 20,
+            # a publisher waits out one store write's retries before it is refused
+            backpressure_deadline=settings.store_retry_deadline + 30,
+        )  # fmt: skip
         self.gate = PublishGate(self.db, self.segmenter, self.bus, settings.reconnect_grace)
         self.rtmp = RTMPServer(
             self.gate, settings.host, settings.rtmp_port, settings.rtmp_app,
@@ -94,17 +160,15 @@ class IngestNode:
         return f"RTMP on {self.settings.host}:{self.rtmp.port}"
 
     async def start(self) -> None:
-        self.store = await _open_store(self.settings)
-        self.segmenter.store = self.store
-        await self.bus.start()
+        await self.own.start()
+        await self.own.ready()
         await self.rtmp.start()
 
     async def aclose(self) -> None:
-        await self.rtmp.aclose()
+        await self.rtmp.aclose()  # closes publishers: the gate finishes their broadcasts
         await self.gate.aclose()
         await self.segmenter.aclose()
-        await self.bus.aclose()
-        self.db.close()
+        await self.own.aclose()
 
 
 class WorkerNode:
@@ -112,159 +176,176 @@ class WorkerNode:
 
     role = "worker"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shared: Shared | None = None) -> None:
         self.settings = settings
-        self.bus = _bus(settings, self.role)
-        self.coordinator: TranscodeCoordinator | None = None
+        self.own = _Owned(settings, shared, self.role, db=False)
+        self.bus = self.own.bus
+        self.coordinator = TranscodeCoordinator(
+            self.bus, store_url_of(self.own.store), workers=self.settings.workers,
+            max_attempts=self.settings.transcode_attempts, progress_every=self.settings.job_ack_wait / 3,
+            heal=self.settings.heal,
+        )  # fmt: skip
 
     def describe(self) -> str:
-        n = len(self.coordinator.workers) if self.coordinator else 0
-        return f"{n} transcode worker process(es)"
+        heal = " + 1 heal worker" if self.settings.heal else ""
+        return f"{len(self.coordinator.workers)} transcode worker process(es){heal}"
 
     async def start(self) -> None:
-        store = await _open_store(self.settings)
-        await self.bus.start()
-        self.coordinator = TranscodeCoordinator(
-            self.bus, store_url_of(store), workers=self.settings.workers,
-            max_attempts=self.settings.transcode_attempts, progress_every=self.settings.job_ack_wait / 3,
-        )  # fmt: skip
+        await self.own.start()
         await self.coordinator.start()
-        await self.bus.ready()
+        await self.own.ready()
 
     async def aclose(self) -> None:
-        if self.coordinator is not None:
-            await self.coordinator.aclose()
-        await self.bus.aclose()
+        await self.coordinator.aclose()  # finishes running jobs, stops the workers
+        await self.own.aclose()
 
 
 class PackagerNode:
-    """Playlists and recordings, for the streams this packager leads."""
+    """Playlists and recordings, for the streams this packager leads. ``alone``: the only
+    packager (``tidecast serve``): it leads every stream, and broadcasts left open at
+    start-up were left by a crash."""
 
     role = "packager"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, shared: Shared | None = None, *, alone: bool = False) -> None:
         self.settings = settings
-        self.db = open_database(settings)
-        self.bus = _bus(settings, self.role)
+        self.alone = alone
+        self.own = _Owned(settings, shared, self.role, db=True)
+        assert self.own.db is not None
+        self.bus, self.db, self.store = self.own.bus, self.own.db, self.own.store
         self.recordings = Recordings(self.db)
-        self.leadership = StreamLeadership(Leases(self.db), settings.lease_ttl)
-        self.packager: Packager | None = None
-        self.recorder: Recorder | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self.leadership = None if alone else StreamLeadership(Leases(self.db), settings.lease_ttl)
+        self.fenced = FencedWriter(self.store)
+        self.recorder = Recorder(self.store, self.recordings, put_playlist=self._put)
+        rungs = settings.rungs()
+        self.packager = Packager(
+            self.store, self.bus, window=settings.playlist_window, target_duration=settings.segment_target,
+            include_source=settings.source_rendition or not rungs, recorder=self.recorder,
+            leadership=self.leadership, takeover=self.recordings, put=self._put,
+            refused=(StaleObject, StaleLease), gap_after=settings.gap_after,
+            end_gap_after=settings.gap_after + settings.transcode_lag_threshold + 2 * settings.segment_target,
+            transient=is_transient,
+        )  # fmt: skip
+        self.sup = Supervisor("packager-node")
+
+    async def _put(self, key: str, data: bytes, epoch: int) -> None:
+        """Playlists are written fenced: refused once a newer leader's epoch is stored."""
+        await self.fenced.put(key, data, epoch=epoch, epoch_of=epoch_of)
 
     def describe(self) -> str:
-        return f"packager {self.leadership.holder}"
+        return "packager (alone)" if self.leadership is None else f"packager {self.leadership.holder}"
 
     async def start(self) -> None:
-        store = await _open_store(self.settings)
-        await self.bus.start()
-        self.recorder = Recorder(store, self.recordings)
-        rungs = self.settings.rungs()
-        self.packager = Packager(
-            store, self.bus, window=self.settings.playlist_window,
-            target_duration=self.settings.segment_target,
-            include_source=self.settings.source_rendition or not rungs, recorder=self.recorder,
-            leadership=self.leadership, takeover=self.recordings,
-        )  # fmt: skip
+        await self.own.start()
+        if self.alone:
+            await self.recorder.recover()  # every broadcast open now was left by a crash
         await self.packager.start()
-        await self.bus.ready()
-        self._sweeper = asyncio.create_task(self._sweep(), name="packager-sweep")
+        await self.own.ready()
+        self.sup.spawn("packager-sweep", self._sweep)
 
     async def _sweep(self, every: float = 600.0) -> None:
         """Broadcasts whose ingest died close after a quiet spell; retention runs."""
-        assert self.recorder is not None
         while True:
+            await asyncio.sleep(every)
             try:
                 await self.recorder.recover(stale_after=self.settings.reconnect_grace + 120)
-                live = set(
-                    v[0]
-                    for v in (await asyncio.to_thread(self.recordings.live_broadcasts)).values()
-                )
+                live = {v[0] for v in (await transient.call(
+                    "live_broadcasts", self.recordings.live_broadcasts, deadline=10)).values()}  # fmt: skip
                 await self.recorder.apply_retention(live)
             except Exception:
                 log.exception("recovery/retention sweep failed; trying again later")
-            await asyncio.sleep(every)
 
     async def aclose(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-        if self.packager is not None:
-            await self.packager.aclose()
-        await self.bus.aclose()
-        self.db.close()
+        await self.sup.aclose()
+        await self.packager.aclose()  # handles what is still queued, writes it out, then stops
+        await self.own.aclose()
 
 
 class LiveDirectory:
-    """Which broadcast each stream has live, read from the database every second
-    (an origin has no publishers of its own; chat messages need the broadcast)."""
+    """``LiveStatus`` of a node without publishers of its own (the origin role): the open
+    broadcasts, read from the database every second."""
 
     def __init__(self, recordings: Recordings) -> None:
         self.recordings = recordings
-        self.live: dict[str, tuple[str, float]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._live: dict[str, LiveBroadcast] = {}
+        self.sup = Supervisor("live-directory")
 
-    def lookup(self, stream: str) -> tuple[str, float] | None:
-        return self.live.get(stream)
+    def live(self) -> Mapping[str, LiveBroadcast]:
+        return self._live
 
     async def refresh(self) -> None:
-        self.live = await asyncio.to_thread(self.recordings.live_broadcasts)
+        rows = await transient.call("live_broadcasts", self.recordings.live_broadcasts, deadline=2.0)
+        self._live = {s: LiveBroadcast(s, b, t) for s, (b, t) in rows.items()}
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="live-directory")
+        self.sup.spawn("live-directory", self._loop)
 
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             try:
                 await self.refresh()
-            except Exception:
-                log.exception("could not read live broadcasts; keeping the last view")
+            except Exception as exc:  # noqa: BLE001 - kept going on the last view, retried in 1 s
+                log.warning("could not read live broadcasts (%r); keeping the last view", exc)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.sup.aclose()
+
+
+def chat_lookup(live: LiveStatus) -> Callable[[str], tuple[str, float] | None]:
+    """The broadcast a chat message belongs to: live, or paused within the grace period."""
+
+    def lookup(stream: str) -> tuple[str, float] | None:
+        b = live.live().get(stream)
+        return (b.broadcast, b.started_at) if b is not None else None
+
+    return lookup
 
 
 class OriginNode:
-    """``tidecast origin``: HLS objects, pages, the JSON API and chat over what the
-    other roles stored. Run several behind an edge (``tidecast edge-config``).
-    Without a bus it serves a data directory alone (no chat fan-out)."""
+    """HLS objects, pages, the JSON API and chat over what the other roles stored. Run
+    several behind an edge (``tidecast edge-config``). Without a bus (alone, no
+    ``bus_url``) it serves a data directory with chat local to this node."""
 
     role = "origin"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, shared: Shared | None = None, *, live: LiveStatus | None = None,
+        transcode: TranscodeStatus | None = None, admin_token: str | None = None,
+    ) -> None:  # fmt: skip
         self.settings = settings
-        self.db = open_database(settings)
-        self.admin_token, chat_secret = admin_secrets(settings)
-        self.store: Store = _store(settings)
-        self.bus: NatsBus | None = _bus(settings, self.role) if settings.bus_url else None
+        if shared is None and not settings.bus_url:  # an origin alone: its own in-process bus
+            shared_bus: Bus = MemoryBus()
+            db = open_database(settings)
+            shared = Shared(shared_bus, db, open_media(settings, ORIGIN_STORE_DEADLINE))
+            self._alone_db: Database | None = db
+        else:
+            self._alone_db = None
+        self.own = _Owned(settings, shared, self.role, db=True)
+        assert self.own.db is not None
+        self.bus, self.db = self.own.bus, self.own.db
+        # viewers' reads give up sooner than the pipeline's writes
+        self.store = open_media(settings, ORIGIN_STORE_DEADLINE)
+        token, chat_secret = admin_secrets(settings)
+        self.admin_token = admin_token or token
         self.recordings = Recordings(self.db)
-        self.directory = LiveDirectory(self.recordings)
-        from tidecast.bus.memory import MemoryBus  # a gate with no publishers: API plumbing only
-
-        self.gate = PublishGate(self.db, SegmenterService(self.store, MemoryBus(), settings.segment_target),
-                                MemoryBus(), settings.reconnect_grace)  # fmt: skip
+        self.directory = LiveDirectory(self.recordings) if live is None else None
+        self.live: LiveStatus = live or self.directory  # type: ignore[assignment]
         self.recorder = Recorder(self.store, self.recordings)
-        self.cache = (
-            None if isinstance(self.store, LocalStore)
-            else HotCache(self.store, settings.origin_cache_mb << 20, playlist_ttl=settings.segment_target / 8)
-        )  # fmt: skip
+        local = isinstance(unwrap(self.store), LocalStore)
+        self.cache = None if local else HotCache(self.store, settings.origin_cache_mb << 20,
+                                                 playlist_ttl=settings.segment_target / 8)  # fmt: skip
         blocked = tuple(w.strip() for w in settings.chat_blocked_words.split(",") if w.strip())
-        self.chat = (
-            ChatHub(self.bus, ChatLog(self.db), self.directory.lookup, limits=ChatLimits(blocked_words=blocked))
-            if self.bus is not None else None
-        )  # fmt: skip
+        self.chat = ChatHub(self.bus, ChatLog(self.db), chat_lookup(self.live),
+                            limits=ChatLimits(blocked_words=blocked))  # fmt: skip
+        root = unwrap(self.store)
         self.app = create_app(AppContext(
-            settings, self.db, self.gate, self.admin_token, time.time(), None, self.recorder, self.chat,
-            chat_secret, cache=self.cache, live_from_db=True,
-            media_root=self.store.root if isinstance(self.store, LocalStore) else None,
+            settings, self.db, self.live, self.admin_token, time.time(), transcode, self.recorder,
+            self.chat, chat_secret, cache=self.cache,
+            media_root=root.root if isinstance(root, LocalStore) else None,
         ))  # fmt: skip
         # backpressure metrics come from the ingest nodes' lag reports
-        self.metrics = MetricsListener(self.bus) if self.bus is not None else None
+        self.metrics = MetricsListener(self.bus)
         self._http: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
@@ -273,34 +354,43 @@ class OriginNode:
         return f"HTTP on {self.settings.url_host}:{self.http_port}"
 
     async def start(self) -> None:
-        if not isinstance(self.store, LocalStore):
-            await _open_store(self.settings)
-        if self.bus is not None:
-            await self.bus.start()
-        if self.metrics is not None:
-            self.metrics.start()
-        if self.chat is not None:
-            await self.chat.start()
-        if self.bus is not None:
-            await self.bus.ready()
-        await self.directory.refresh()
-        self.directory.start()
+        """Everything but the listening socket (``listen``): consumers first."""
+        await self.own.start()
+        self.metrics.start()
+        await self.chat.start()
+        if self.directory is not None:
+            await self.directory.refresh()
+            self.directory.start()
+
+    async def listen(self) -> None:
+        await self.own.ready()
         self._http, self._task, self.http_port = await start_http(self.app, self.settings, self.store)
         log.info("origin listening on %s:%d", self.settings.host, self.http_port)
 
+    async def stop_chat(self) -> None:
+        await self.chat.aclose()
+
     async def aclose(self) -> None:
-        if self.chat is not None:
-            await self.chat.aclose()
+        await self.chat.aclose()
         if self._http is not None and self._task is not None:
             self._http.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.directory.aclose()
-        if self.metrics is not None:
-            await self.metrics.aclose()
-        if self.bus is not None:
-            await self.bus.aclose()
-        self.db.close()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.directory is not None:
+            await self.directory.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+        await self.metrics.aclose()
+        await self.own.aclose()
+        if self._alone_db is not None:
+            self._alone_db.close()
+
+
+class StandaloneOrigin(OriginNode):
+    """``tidecast origin`` as a process of its own: listens as part of start()."""
+
+    async def start(self) -> None:
+        await super().start()
+        await self.listen()
 
 
 class RoleNode(Protocol):
@@ -317,5 +407,5 @@ ROLES: dict[str, Callable[[Settings], RoleNode]] = {
     "ingest": IngestNode,
     "worker": WorkerNode,
     "packager": PackagerNode,
-    "origin": OriginNode,
+    "origin": StandaloneOrigin,
 }

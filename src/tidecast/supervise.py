@@ -105,6 +105,8 @@ class Supervisor:
         task = asyncio.create_task(self._once(name, coro), name=name)
         self._short.add(task)
         task.add_done_callback(self._short.discard)
+        # cancelled before it ever ran: close the coroutine (no "never awaited" warning)
+        task.add_done_callback(lambda t: coro.close() if t.cancelled() else None)
         return task
 
     async def _once(self, name: str, coro: Coroutine[Any, Any, Any]) -> Any:

@@ -46,7 +46,7 @@ async def test_live_and_paused_broadcasts_are_the_gates_live_status(tmp_path: Pa
     assert live == {"s": LiveBroadcast("s", session.broadcast, session.started_at,
                                        session.video, session.audio)}  # fmt: skip
     assert live_broadcast_ids(status) == {session.broadcast}
-    assert gate.sessions["s"] is session and gate.live["s"] is session  # the old mapping still reads
+    assert gate.sessions["s"] is session
     await gate.close(session, "unpublished")
     paused = status.live()["s"]
     assert paused.paused and paused.broadcast == session.broadcast

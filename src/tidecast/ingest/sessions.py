@@ -78,21 +78,6 @@ class Paused:
     audio: str = ""
 
 
-class LiveSessions(dict[str, LiveSession]):
-    """The live sessions by stream; called, the gate's ``LiveStatus.live()`` view.
-
-    Transitional: callers that still read ``gate.live`` as a mapping of sessions
-    keep working; new code reads ``gate.sessions`` and calls ``gate.live()``.
-    """
-
-    def __init__(self, gate: PublishGate) -> None:
-        super().__init__()
-        self._gate = gate
-
-    def __call__(self) -> Mapping[str, LiveBroadcast]:
-        return self._gate.live_broadcasts()
-
-
 class PublishGate:
     def __init__(
         self, db: Database, segmenter: SegmenterService, bus: Bus, reconnect_grace: float = 30.0
@@ -102,13 +87,16 @@ class PublishGate:
         self.segmenter = segmenter
         self.bus = bus
         self.reconnect_grace = reconnect_grace
-        self.sessions = LiveSessions(self)
-        self.live = self.sessions  # LiveStatus: ``live()``; see LiveSessions
+        self.sessions: dict[str, LiveSession] = {}  # by stream: the publishers of this node
         self.paused: dict[str, Paused] = {}
         self.refused = 0
         self.finish_errors = 0
         self._claimed: set[str] = set()  # streams whose publish is being set up
         self.supervisor = Supervisor("ingest")
+
+    def live(self) -> Mapping[str, LiveBroadcast]:
+        """Live and paused broadcasts by stream (the ``LiveStatus`` of this node)."""
+        return self.live_broadcasts()
 
     def live_broadcasts(self) -> dict[str, LiveBroadcast]:
         """Live and paused broadcasts by stream (the ``LiveStatus`` of this node)."""

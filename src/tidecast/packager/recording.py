@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tidecast.db.leases import Fence
 from tidecast.messages import SegmentReady
 from tidecast.metrics import REGISTRY, Registry
 from tidecast.retry import Backoff
@@ -36,11 +37,11 @@ class SegmentRecorder(Protocol):
     """What the packager needs from the recorder."""
 
     async def record(self, seg: SegmentReady, program_date_time: float, *, heal: bool = False,
-                     fence: object | None = None) -> None: ...  # fmt: skip
+                     fence: Fence | None = None) -> None: ...  # fmt: skip
 
-    async def finished(self, stream: str, broadcast: str, *, fence: object | None = None) -> object: ...
+    async def finished(self, stream: str, broadcast: str, *, fence: Fence | None = None) -> object: ...
 
-    async def rewrite_vod(self, broadcast: str, *, fence: object | None = None) -> None: ...
+    async def rewrite_vod(self, broadcast: str, *, fence: Fence | None = None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -48,7 +49,7 @@ class _Op:
     kind: str  # "record" | "finish"
     stream: str
     broadcast: str
-    fence: object | None
+    fence: Fence | None
     seg: SegmentReady | None = None
     pdt: float = 0.0
     heal: bool = False
@@ -85,7 +86,7 @@ class RecordingQueue:
         self.backoff = backoff or Backoff(initial=0.2, maximum=5.0)
         self.stats = RecordingStats()
         self._ops: deque[_Op] = deque()
-        self._rewrites: dict[tuple[str, str], tuple[float, object | None]] = {}
+        self._rewrites: dict[tuple[str, str], tuple[float, Fence | None]] = {}
         self._wake = asyncio.Event()
         self._retries = registry.counter(
             "tidecast_packager_recording_retries_total",
@@ -105,7 +106,7 @@ class RecordingQueue:
         )
 
     async def record(
-        self, stream: str, seg: SegmentReady, pdt: float, *, heal: bool, fence: object | None,
+        self, stream: str, seg: SegmentReady, pdt: float, *, heal: bool, fence: Fence | None,
         wait: float,
     ) -> None:  # fmt: skip
         """Queue a segment row; wait (at most ``wait``) for it when the queue was idle."""
@@ -121,10 +122,10 @@ class RecordingQueue:
                 log.warning("%s: recording segment %d of %s is slow; listing it anyway", stream,
                             seg.sequence, seg.rendition)  # fmt: skip
 
-    def finish(self, stream: str, broadcast: str, fence: object | None) -> None:
+    def finish(self, stream: str, broadcast: str, fence: Fence | None) -> None:
         self._push(_Op("finish", stream, broadcast, fence))
 
-    def rewrite(self, stream: str, broadcast: str, fence: object | None) -> None:
+    def rewrite(self, stream: str, broadcast: str, fence: Fence | None) -> None:
         """A recording healed: write its VOD again once heals stop coming for a moment."""
         self._rewrites[(stream, broadcast)] = (time.monotonic() + REWRITE_AFTER, fence)
         self._wake.set()

@@ -29,6 +29,7 @@ from typing import Protocol
 from tidecast import keys
 from tidecast.bus.base import Bus, Delivery, Subscription
 from tidecast.bus.consumer import consume
+from tidecast.db.leases import Fence
 from tidecast.messages import DeadLetter, Message, SegmentReady, encode
 from tidecast.metrics import REGISTRY
 from tidecast.packager.core import (
@@ -66,9 +67,9 @@ class Leadership(Protocol):
 
     async def try_lead(self, stream: str) -> bool: ...
 
-    def epoch(self, stream: str) -> int: ...
+    def epoch(self, stream: str) -> int | None: ...
 
-    def fence(self, stream: str) -> object | None: ...
+    def fence(self, stream: str) -> Fence: ...
 
     def lost(self, stream: str) -> None: ...
 
@@ -243,10 +244,12 @@ class Packager:
         return self.leadership is None or self.leadership.leads(stream)
 
     def _epoch(self, stream: str) -> int:
-        return 0 if self.leadership is None else self.leadership.epoch(stream)
+        return 0 if self.leadership is None else (self.leadership.epoch(stream) or 0)
 
-    def _fence(self, stream: str) -> object | None:
-        return None if self.leadership is None else self.leadership.fence(stream)
+    def _fence(self, stream: str) -> Fence | None:
+        if self.leadership is None or self.leadership.epoch(stream) is None:
+            return None
+        return self.leadership.fence(stream)
 
     async def _execute(self, stream: str, actions: list[Action]) -> None:
         replay = self._replaying == stream

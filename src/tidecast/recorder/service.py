@@ -169,8 +169,9 @@ class Recorder:
 
     async def delete(self, broadcast: str) -> int:
         info = await asyncio.to_thread(self.recordings.get, broadcast)
-        removed = await self.store.delete_prefix(broadcast_dir(info.stream, broadcast))
+        # the database first: it refuses a live broadcast (BroadcastLive), whatever this node believes
         await asyncio.to_thread(self.recordings.delete, broadcast)
+        removed = await self.store.delete_prefix(broadcast_dir(info.stream, broadcast))
         log.info("%s: deleted broadcast %s (%d objects)", info.stream, broadcast, removed)
         return removed
 
