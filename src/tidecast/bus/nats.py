@@ -134,7 +134,8 @@ class NatsSubscription:
 
     async def _start_once(self) -> None:
         b = self.bus
-        limits: dict[str, Any] = {"pending_msgs_limit": b.bound, "pending_bytes_limit": b.pending_bytes}
+        limits: dict[str, Any] = {"pending_msgs_limit": b.client_pending,
+                                  "pending_bytes_limit": b.pending_bytes}  # fmt: skip
         if self.mode == "core":
             self._core_sub = await b.nc.subscribe(
                 self.subject, queue=self.group or "", cb=self._on_core, **limits
@@ -361,8 +362,8 @@ class NatsBus:
     def __init__(
         self, url: str = "nats://127.0.0.1:4222", *, stream: str = "TIDECAST", prefix: str = "",
         ack_wait: float = 120.0, max_deliver: int = 10, max_age: float = 24 * 3600,
-        publish_retry_for: float = 300.0, bound: int = 10_000, pending_bytes: int = 64 << 20,
-        max_ack_pending: int = 512, intake: Intake | None = None,
+        publish_retry_for: float = 300.0, bound: int = 10_000, client_pending: int = 65_536,
+        pending_bytes: int = 64 << 20, max_ack_pending: int = 512, intake: Intake | None = None,
     ) -> None:  # fmt: skip
         self.url = url
         self.stream = (
@@ -373,8 +374,11 @@ class NatsBus:
         self.max_deliver = max_deliver
         self.max_age = max_age
         self.publish_retry_for = publish_retry_for
-        self.bound = bound  # messages one subscription keeps waiting (and its client buffer)
-        self.pending_bytes = pending_bytes  # bytes one subscription's client buffer keeps
+        self.bound = bound  # core messages one subscription keeps waiting (oldest dropped)
+        # the client's own buffer of one subscription, what it drops is a slow consumer
+        # (a core subscription empties it at once into its bounded queue)
+        self.client_pending = client_pending
+        self.pending_bytes = pending_bytes
         self.max_ack_pending = max_ack_pending  # unacknowledged messages of one group, in all
         self.publish_retries = 0
         self.intake = intake or Intake()
