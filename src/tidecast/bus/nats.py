@@ -383,6 +383,7 @@ class NatsBus:
         self.publish_retries = 0
         self.intake = intake or Intake()
         self._away = False
+        self._closing = False
         self.nc: Client = Client()
         self.js: Any = None
         self._subs: list[NatsSubscription] = []
@@ -398,6 +399,8 @@ class NatsBus:
                 log.warning("NATS %s: %r", self.url, exc)
 
         async def on_disconnect() -> None:
+            if self._closing:
+                return
             self._away = True
             log.warning("NATS %s: disconnected; reconnecting", self.url)
 
@@ -538,6 +541,7 @@ class NatsBus:
             log.debug("stream %s was already gone", self.stream)
 
     async def aclose(self) -> None:
+        self._closing = True
         for sub in list(self._subs):
             await sub.aclose()
         await self._sup.aclose(timeout=5.0)
