@@ -144,3 +144,21 @@ async def test_a_poison_dead_letter_never_loops() -> None:
     assert await sub.next(0.05) is None
     assert bus.intake.poison.value(subject="dead") - before == 1
     assert await bus.replay(["dead.>"], 0) == []
+
+
+async def test_a_redelivery_with_no_consumer_left_is_counted_and_closing_cancels_the_rest() -> None:
+    bus = MemoryBus()
+    w = bus.subscribe("job.>", group="workers")
+    await bus.publish("job.transcode.main", make_segment(0))
+    await bus.publish("job.transcode.main", make_segment(1))
+    before = bus.intake.dropped.value(subject="job", reason="no_consumer")
+    first, second = await w.next(0.1), await w.next(0.1)
+    assert first is not None and second is not None
+    await first.nak(0.02)
+    await second.nak(30.0)
+    await w.aclose()  # the group's last member leaves before the redelivery is due
+    await asyncio.sleep(0.1)
+    assert bus.intake.dropped.value(subject="job", reason="no_consumer") - before == 1
+    assert len(bus._timers) == 1
+    await bus.aclose()  # the one due in 30 s is cancelled, not left to fire later
+    assert not bus._timers

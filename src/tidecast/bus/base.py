@@ -10,6 +10,13 @@ Two ways to consume:
   more unacknowledged messages than it has asked for (no prefetch). ``async
   for`` on a group subscription pulls one message per iteration.
 
+Settling: ``ack`` when done, ``nak(delay)`` to have it again (a group hands it
+to any member; on NATS a fan-out subscription has no redelivery, ``nak`` there
+does nothing), ``term`` to drop it for good. Every wait ends: ``next`` at its
+``timeout`` (or when the subscription closes, with None), ``ready`` at its
+deadline (``BusNotReady``), a publish held back by a full queue at the bus's
+deadline (``BusFull``).
+
 A message that cannot be decoded (``messages.MessageError``) never reaches a
 consumer: the subscription logs it (subject and a short excerpt), counts it
 (``tidecast_bus_poison_messages_total{subject}``), copies it to
@@ -26,7 +33,10 @@ Every queue is bounded, with a policy by subject root: on the durable roots
 for room up to a deadline, then raises ``BusFull``); on the others (chat,
 events) the oldest message is dropped. Both are counted
 (``tidecast_bus_full_total{subject}``, ``tidecast_bus_dropped_total{subject,
-reason}``). Metric labels name the subject's root (its first token).
+reason}``). Metric labels name the subject's root (its first token). (On
+NATS the durable subjects are a JetStream stream: the server stores them and
+holds a slow reader back with flow control; its core subscriptions drop the
+oldest, and what the client library drops as a slow consumer is counted too.)
 """
 
 from __future__ import annotations

@@ -152,8 +152,7 @@ class MemorySubscription:
             return None
 
         async def nak(delay: float) -> None:
-            loop = asyncio.get_running_loop()
-            loop.call_later(delay, self.bus._redeliver, self, (subject, data, attempt + 1, seq))
+            self.bus._later(delay, self, (subject, data, attempt + 1, seq))
 
         return Delivery(subject, got, attempt, ack, nak, None, ack, data)
 
@@ -182,6 +181,7 @@ class MemoryBus:
         self._groups: dict[tuple[str, str], _Queue] = {}
         self._seq = itertools.count(1)
         self._room = asyncio.Event()  # set whenever a queue gives up a message
+        self._timers: set[asyncio.TimerHandle] = set()  # redeliveries to come (nak with a delay)
         # durable subjects are kept (bounded) for replay, like a JetStream stream
         self._history: deque[tuple[float, str, bytes, int]] = deque(maxlen=history)
 
@@ -253,6 +253,14 @@ class MemoryBus:
             self.intake.dead_failures.inc(subject=subject_root(subject))
             log.exception("could not dead-letter a message on %s", subject)
 
+    def _later(self, delay: float, sub: MemorySubscription, item: _Item) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._redeliver(sub, item)
+
+        handle = asyncio.get_running_loop().call_later(delay, fire)
+        self._timers.add(handle)
+
     def _redeliver(self, sub: MemorySubscription, item: _Item) -> None:
         q = sub._queue
         if not q.members:
@@ -270,5 +278,8 @@ class MemoryBus:
         self._fanout.pop(sub, None)
 
     async def aclose(self) -> None:
+        for handle in self._timers:  # nobody is left to take them
+            handle.cancel()
+        self._timers.clear()
         for sub in list(self._subs):
             await sub.aclose()
