@@ -149,3 +149,28 @@ async def test_an_unknown_field_is_logged_once_per_kind_and_field(bus: Any, capl
         got = await take(sub, 3)
     assert [decode(d.data).sequence for d in got] == [0, 1, 2]  # type: ignore[attr-defined]
     assert len([r for r in caplog.records if "shiny_new_field" in r.getMessage()]) == 1
+
+
+async def test_a_dead_letter_outlives_the_next_call_that_found_it(make_bus: MakeBus) -> None:
+    """The caller's timeout ends next(), not the one publish of a dead letter (NATS: the
+    poison was counted as seen, so no later sighting would publish it)."""
+    if make_bus.kind == "memory":  # type: ignore[attr-defined]
+        pytest.skip("the in-process dead letter is queued at once")
+    bus = await make_bus()
+    publish_dead = bus._publish_dead
+
+    async def slow_server(subject: str, body: bytes, key: str) -> None:
+        await asyncio.sleep(0.5)  # a server slow to confirm
+        await publish_dead(subject, body, key)
+
+    bus._publish_dead = slow_server
+    sub = bus.subscribe("chat.>")
+    await bus.ready()
+    since = time.time() - 1
+    await bus.publish_raw("chat.room", b"<<garbage>>")
+    assert await sub.next(0.2) is None  # ended by its timeout while the dead letter was on its way
+    deadline = time.monotonic() + 5
+    while not (dead := await read_dead_letters(bus, since)):
+        assert time.monotonic() < deadline, "the dead letter never landed"
+        await asyncio.sleep(0.1)
+    assert [d.data() for d in dead] == [b"<<garbage>>"]

@@ -467,10 +467,16 @@ class NatsBus:
                 await asyncio.sleep(delay)
 
     async def _dead_letter(self, subject: str, data: bytes, reason: str, consumer: str, key: str) -> None:
-        """Copy a poison message to ``dead.<subject>``, once per ``key`` on the server."""
+        """Copy a poison message to ``dead.<subject>``, once per ``key`` on the server.
+
+        The publish runs as a supervised task that a caller's timeout or cancellation
+        does not cut short: the message was counted as seen, so this is its one copy."""
         if subject_root(subject) == DEAD_ROOT:
             return  # a dead letter that is itself not a message: counted and dropped
         body = encode(dead_letter(subject, data, reason, consumer))
+        await asyncio.shield(self._sup.run(f"dead-letter {subject}", self._publish_dead(subject, body, key)))
+
+    async def _publish_dead(self, subject: str, body: bytes, key: str) -> None:
         try:
             await self._publish_stored(self.prefix + dead_subject(subject), body, f"dead-{key}",
                                        DEAD_RETRY_FOR)  # fmt: skip
