@@ -1,20 +1,18 @@
-"""One contract, every bus: the in-memory bus and the NATS JetStream bus (real server)."""
+"""One contract, every bus: the in-memory bus and the NATS JetStream bus (real server).
+
+The ``bus`` / ``make_bus`` fixtures (tests/bus/conftest.py) run every test on both."""
 
 from __future__ import annotations
 
 import asyncio
-import secrets
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from tidecast.bus.memory import MemoryBus
-from tidecast.bus.nats import NatsBus
 from tidecast.messages import ChatEvent, Message, SegmentReady
 
 NATS_URL = "nats://127.0.0.1:4222"
@@ -38,23 +36,6 @@ def ensure_nats() -> None:
     while not nats_up() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert nats_up(), "nats-server did not come up"
-
-
-@pytest.fixture(params=["memory", "nats"])
-async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    if request.param == "memory":
-        b: Any = MemoryBus()
-        yield b
-        await b.aclose()
-        return
-    ensure_nats()
-    nb = NatsBus(NATS_URL, prefix="t" + secrets.token_hex(4), ack_wait=5.0)  # a namespace per test
-    await nb.start()
-    try:
-        yield nb
-    finally:
-        await nb.delete_stream()
-        await nb.aclose()
 
 
 def seg(i: int) -> SegmentReady:

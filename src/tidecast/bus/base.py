@@ -10,10 +10,33 @@ Two ways to consume:
   more unacknowledged messages than it has asked for (no prefetch). ``async
   for`` on a group subscription pulls one message per iteration.
 
-A message that cannot be decoded never reaches a consumer: the subscription
-logs it (subject and a short excerpt), counts it, copies it to
-``dead.<subject>`` as a ``DeadLetter`` and terminates it (never redelivered).
-``bus.consumer.consume`` does the same for a message whose handler raises.
+Settling: ``ack`` when done, ``nak(delay)`` to have it again (a group hands it
+to any member; on NATS a fan-out subscription has no redelivery, ``nak`` there
+does nothing), ``term`` to drop it for good. Every wait ends: ``next`` at its
+``timeout`` (or when the subscription closes, with None), ``ready`` at its
+deadline (``BusNotReady``), a publish held back by a full queue at the bus's
+deadline (``BusFull``).
+
+A message that cannot be decoded (``messages.MessageError``) never reaches a
+consumer: the subscription logs it (subject and a short excerpt), counts it
+(``tidecast_bus_poison_messages_total{subject}``), copies it to
+``dead.<subject>`` as a ``DeadLetter`` and terminates it (never redelivered),
+then goes on with the next message. Several subscriptions of one process that
+receive the same poison message count it once and dead-letter it once (and on
+NATS, several processes put it in ``dead.*`` once). A message with fields this
+version does not know is *not* poison (a newer sender, a rolling upgrade): it
+is delivered, and counted (``tidecast_bus_unknown_fields_total{kind}``).
+``bus.consumer.consume`` dead-letters a message whose handler raises.
+
+Every queue is bounded, with a policy by subject root: on the durable roots
+(``DURABLE_ROOTS``) a full queue holds the publisher back (``publish`` waits
+for room up to a deadline, then raises ``BusFull``); on the others (chat,
+events) the oldest message is dropped. Both are counted
+(``tidecast_bus_full_total{subject}``, ``tidecast_bus_dropped_total{subject,
+reason}``). Metric labels name the subject's root (its first token). (On
+NATS the durable subjects are a JetStream stream: the server stores them and
+holds a slow reader back with flow control; its core subscriptions drop the
+oldest, and what the client library drops as a slow consumer is counted too.)
 """
 
 from __future__ import annotations
@@ -25,6 +48,16 @@ from typing import Protocol
 from tidecast.messages import Message
 
 DEAD_ROOT = "dead"
+DURABLE_ROOTS = ("job", "segment", "broadcast", DEAD_ROOT)  # stored; backpressure when full
+
+
+def subject_root(subject: str) -> str:
+    """The first token of a subject (``segment.main`` -> ``segment``): metric labels."""
+    return subject.split(".", 1)[0]
+
+
+def is_durable(subject: str) -> bool:
+    return subject_root(subject) in DURABLE_ROOTS
 
 
 def dead_subject(subject: str) -> str:
@@ -34,6 +67,10 @@ def dead_subject(subject: str) -> str:
 
 class BusFull(RuntimeError):
     """A bounded queue of the bus stayed full past its deadline: the publish is refused."""
+
+
+class BusNotReady(RuntimeError):
+    """Subscriptions did not become active on the bus within ``ready``'s deadline."""
 
 
 @dataclass(slots=True)
@@ -82,14 +119,19 @@ class Subscription(Protocol):
         ...
 
     def pending(self) -> int:
-        """Messages delivered to this subscription and not yet taken by its consumer."""
+        """Messages waiting for this subscription's consumer (for a group: in the queue
+        its members pull from, where the bus keeps one)."""
         ...
 
     async def aclose(self) -> None: ...
 
 
 class Bus(Protocol):
-    async def publish(self, subject: str, message: Message) -> None: ...
+    async def publish(self, subject: str, message: Message) -> None:
+        """Hand ``message`` to every subscription of ``subject``. On a durable subject it
+        returns once the message is stored (or queued for every subscriber), which can
+        wait for room; ``BusFull`` when there is still none at the bus's deadline."""
+        ...
 
     async def publish_raw(self, subject: str, data: bytes) -> None:
         """Publish bytes as they are (dead letters; tests of what consumers do with
@@ -104,8 +146,9 @@ class Bus(Protocol):
         """
         ...
 
-    async def ready(self) -> None:
-        """Wait until every subscription made so far receives messages."""
+    async def ready(self, timeout: float = 30.0) -> None:
+        """Wait until every subscription made so far receives messages; ``BusNotReady``
+        if some still do not after ``timeout`` seconds."""
         ...
 
     async def replay(self, patterns: Sequence[str], since: float) -> list[Message]:

@@ -1,56 +1,94 @@
-"""The one consumer loop every stage uses: a handler that raises never kills it.
+"""consume(): the one consumer loop every stage runs on a bus subscription.
 
-``consume(sub, handler, bus=bus, name="packager")`` calls ``handler(delivery)``
-for each message; a handler that raises gets its message dead-lettered
-(``dead.<subject>``, a ``DeadLetter`` carrying the bytes and the error),
-terminated and counted, and the loop goes on. A delivery the handler did not
-settle is acknowledged.
+The subscription already keeps bytes that are not a message away (see
+``bus.base``). ``consume`` keeps the loop alive past a handler that fails: for
+each delivery it awaits ``handler(delivery)``; when the handler raises, the
+failure is logged with its traceback, the message is copied to
+``dead.<subject>`` as a ``DeadLetter`` (reason: the exception; consumer:
+``name``), counted (``tidecast_bus_dead_letters_total{subject,consumer}``)
+and terminated, and the loop goes on with the next delivery. A handler that
+returns without settling its delivery has it acknowledged. Cancellation ends
+the loop (the delivery in hand is given back with ``nak`` so another member
+can take it now); so does the subscription closing.
+
+Usage::
+
+    async def on_segment(d: Delivery) -> None:
+        ...  # ack/nak/term it, or just return (acked)
+
+    sup.spawn("packager-consume", lambda: consume(sub, on_segment, bus=bus, name="packager"))
+
+``read_dead_letters`` lists what is in ``dead.*`` (for tests and operators).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from tidecast.bus.base import Bus, Delivery, Subscription, dead_subject
+from tidecast.bus.base import DEAD_ROOT, Bus, Delivery, Subscription, dead_subject, subject_root
+from tidecast.bus.intake import dead_letter
 from tidecast.messages import DeadLetter, encode
 from tidecast.metrics import REGISTRY
 
 log = logging.getLogger("tidecast.bus.consumer")
 
-DEAD_LETTERS = REGISTRY.counter(
-    "tidecast_bus_dead_letters_total",
-    "Bus messages whose handler raised: dead-lettered and terminated.",
-    ("subject", "consumer"),
-)
-
 Handler = Callable[[Delivery], Awaitable[None]]
 
-
-async def dead_letter(bus: Bus, delivery: Delivery, reason: str, consumer: str) -> None:
-    """Copy ``delivery`` to ``dead.<subject>`` and terminate it."""
-    data = delivery.data or encode(delivery.message)
-    DEAD_LETTERS.inc(subject=delivery.subject.split(".", 1)[0], consumer=consumer)
-    try:
-        await bus.publish(
-            dead_subject(delivery.subject), DeadLetter.of(delivery.subject, data, reason, consumer, time.time())
-        )
-    except Exception as exc:  # noqa: BLE001 - the message is logged; losing its copy must not stop us
-        log.warning("%s: could not dead-letter a message on %s: %r", consumer, delivery.subject, exc)
-    await delivery.term()
+DEAD_LETTERS = REGISTRY.counter(
+    "tidecast_bus_dead_letters_total",
+    "Bus messages whose handler raised: dead-lettered and terminated.", ("subject", "consumer"),
+)  # fmt: skip
+SETTLE_TIMEOUT = 5.0  # seconds a settle (ack, nak, term) may take before the loop moves on
 
 
 async def consume(sub: Subscription, handler: Handler, *, bus: Bus, name: str) -> None:
-    async for delivery in sub:
+    """Run ``handler`` on every delivery of ``sub`` until it closes; never dies of a
+    failing handler. ``name`` (one per stage, e.g. "packager") labels metrics, logs
+    and dead letters."""
+    while (d := await sub.next()) is not None:
         try:
-            await handler(delivery)
+            await handler(d)
         except asyncio.CancelledError:
+            if not d.settled:
+                await _settle(d.nak(), name, d, "give back")
             raise
         except Exception as exc:
-            log.exception("%s: handling a message on %s failed; dead-lettered", name, delivery.subject)
-            await dead_letter(bus, delivery, repr(exc), name)
+            log.exception("%s: handling %s (attempt %d) failed; dead-lettering it",
+                          name, d.subject, d.attempt)  # fmt: skip
+            await dead_letter_delivery(bus, d, f"{type(exc).__name__}: {exc}", name)
             continue
-        if not delivery.settled:
-            await delivery.ack()
+        if not d.settled:
+            await _settle(d.ack(), name, d, "ack")
+
+
+async def dead_letter_delivery(bus: Bus, d: Delivery, reason: str, consumer: str) -> None:
+    """Copy ``d`` to ``dead.<subject>``, count it and terminate it (never redelivered).
+    Failures to publish or to terminate are logged; this never raises (but cancels)."""
+    DEAD_LETTERS.inc(subject=subject_root(d.subject), consumer=consumer)
+    if subject_root(d.subject) != DEAD_ROOT:  # a dead letter's own handler failed: no loop
+        body = encode(dead_letter(d.subject, d.data or encode(d.message), reason, consumer))
+        try:
+            await bus.publish_raw(dead_subject(d.subject), body)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: could not publish the dead letter of %s", consumer, d.subject)
+    await _settle(d.term(), consumer, d, "terminate")
+
+
+async def _settle(op: Awaitable[None], name: str, d: Delivery, what: str) -> None:
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT):
+            await op
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # the bus is away: a durable bus redelivers after its ack wait
+        log.warning("%s: could not %s %s: %r", name, what, d.subject, exc, exc_info=True)
+
+
+async def read_dead_letters(bus: Bus, since: float = 0.0, patterns: Sequence[str] = ("dead.>",)
+                            ) -> list[DeadLetter]:  # fmt: skip
+    """The dead letters stored since ``since`` (epoch seconds), oldest first."""
+    return [m for m in await bus.replay(patterns, since) if isinstance(m, DeadLetter)]
