@@ -303,7 +303,7 @@ def _serve(settings: Settings) -> int:
 
 def _streams(args: argparse.Namespace, settings: Settings) -> int:
     from tidecast.db.repo import InvalidName, NameTaken, StreamNotFound
-    from tidecast.node import open_database
+    from tidecast.roles import open_database
 
     db = open_database(settings)
     try:

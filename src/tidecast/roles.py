@@ -48,10 +48,11 @@ from tidecast.db.repo import Database
 from tidecast.ingest.rtmp.server import RTMPServer
 from tidecast.ingest.sessions import PublishGate
 from tidecast.live import LiveBroadcast, LiveStatus
-from tidecast.node_http import admin_secrets, open_database, start_http
+from tidecast.origin.admin import admin_secrets
 from tidecast.origin.app import AppContext, TranscodeStatus, create_app
 from tidecast.origin.cache import HotCache
 from tidecast.origin.metrics import MetricsListener
+from tidecast.origin.server import start_http
 from tidecast.packager.hls import epoch_of
 from tidecast.packager.leader import StreamLeadership
 from tidecast.packager.service import Packager
@@ -62,6 +63,7 @@ from tidecast.store.factory import StoreRetry, open_store, store_url_of, unwrap
 from tidecast.store.fenced import FencedWriter
 from tidecast.store.fenced import StaleEpoch as StaleObject
 from tidecast.store.local import LocalStore
+from tidecast.store.retrying import RetryingStore
 from tidecast.store.retrying import is_transient as store_transient
 from tidecast.supervise import Supervisor
 from tidecast.transcode.coordinator import TranscodeCoordinator
@@ -89,6 +91,11 @@ def open_bus(settings: Settings, role: str | None = None) -> MemoryBus | NatsBus
     return MemoryBus()
 
 
+def open_database(settings: Settings) -> Database:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(settings.db_url)
+
+
 def open_media(settings: Settings, deadline: float | None = None) -> VersionedStore:
     """The configured store, retrying transient errors for ``deadline`` s per operation."""
     return open_store(settings.store_url, settings.media_dir,
@@ -109,9 +116,12 @@ def is_transient(exc: BaseException) -> bool:
 class _Owned:
     """The resources a role opened itself (alone) and so must start and close."""
 
-    def __init__(self, settings: Settings, shared: Shared | None, role: str, *, db: bool) -> None:
+    def __init__(
+        self, settings: Settings, shared: Shared | None, role: str, *, db: bool,
+        bus_required: bool = True,
+    ) -> None:  # fmt: skip
         self.bus_owned = shared is None
-        self.bus: Bus = shared.bus if shared else open_bus(settings, role)
+        self.bus: Bus = shared.bus if shared else open_bus(settings, role if bus_required else None)
         self.db_owned = shared is None and db
         self.db: Database | None = shared.db if shared else (open_database(settings) if db else None)
         self.store: VersionedStore = shared.store if shared else open_media(settings)
@@ -314,18 +324,13 @@ class OriginNode:
         transcode: TranscodeStatus | None = None, admin_token: str | None = None,
     ) -> None:  # fmt: skip
         self.settings = settings
-        if shared is None and not settings.bus_url:  # an origin alone: its own in-process bus
-            shared_bus: Bus = MemoryBus()
-            db = open_database(settings)
-            shared = Shared(shared_bus, db, open_media(settings, ORIGIN_STORE_DEADLINE))
-            self._alone_db: Database | None = db
-        else:
-            self._alone_db = None
-        self.own = _Owned(settings, shared, self.role, db=True)
+        # without a bus_url an origin alone serves a data directory, chat local to it
+        self.own = _Owned(settings, shared, self.role, db=True, bus_required=False)
         assert self.own.db is not None
         self.bus, self.db = self.own.bus, self.own.db
         # viewers' reads give up sooner than the pipeline's writes
-        self.store = open_media(settings, ORIGIN_STORE_DEADLINE)
+        self.store: VersionedStore = RetryingStore(unwrap(self.own.store),
+                                                   StoreRetry(deadline=ORIGIN_STORE_DEADLINE))  # fmt: skip
         token, chat_secret = admin_secrets(settings)
         self.admin_token = admin_token or token
         self.recordings = Recordings(self.db)
@@ -381,8 +386,6 @@ class OriginNode:
             await self.cache.aclose()
         await self.metrics.aclose()
         await self.own.aclose()
-        if self._alone_db is not None:
-            self._alone_db.close()
 
 
 class StandaloneOrigin(OriginNode):

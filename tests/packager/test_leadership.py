@@ -38,15 +38,11 @@ def seg(bid: str, n: int, t0: float) -> SegmentReady:
 
 async def crash(p: Packager) -> None:
     """Stop a packager the way SIGKILL does: no drain, no lease release."""
-    assert p.leadership is not None and p.leadership._task is not None
-    p.leadership._task.cancel()
-    for t in p._tasks:
-        t.cancel()
+    assert p.leadership is not None and p.leadership._sup is not None
     for sub in p._subs:
         await sub.aclose()
-    for t in [*p._tasks, p.leadership._task]:
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
+    await p.leadership._sup.aclose()
+    await p.sup.aclose()
 
 
 async def playlist(store: LocalStore) -> m3u8.M3U8 | None:
@@ -96,7 +92,7 @@ async def test_one_leader_then_takeover_without_gaps(setup: tuple[Database, Loca
     leaders = [p for p in (a, b) if p.leadership and p.leadership.leads("s")]
     assert len(leaders) == 1, "exactly one packager leads the stream"
     leader, other = leaders[0], (b if leaders[0] is a else a)
-    assert "s" not in other.streams  # the stand-by keeps no state and writes nothing
+    assert "s" not in other.core.streams  # the stand-by keeps no state and writes nothing
 
     # the leader dies; segments keep coming, one of them out of order
     await crash(leader)

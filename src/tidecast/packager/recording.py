@@ -88,6 +88,7 @@ class RecordingQueue:
         self._ops: deque[_Op] = deque()
         self._rewrites: dict[tuple[str, str], tuple[float, Fence | None]] = {}
         self._wake = asyncio.Event()
+        self.failing = False  # the last write failed: it is being retried
         self._retries = registry.counter(
             "tidecast_packager_recording_retries_total",
             "Recording writes (segment rows, VOD) that failed and were tried again.", ("stream",),
@@ -109,10 +110,10 @@ class RecordingQueue:
         self, stream: str, seg: SegmentReady, pdt: float, *, heal: bool, fence: Fence | None,
         wait: float,
     ) -> None:  # fmt: skip
-        """Queue a segment row; wait (at most ``wait``) for it when the queue was idle."""
-        idle = not self._ops
+        """Queue a segment row; wait (at most ``wait``) for it while the database answers
+        (not while the queue is retrying a failure: then the stream goes on at once)."""
         op = _Op("record", stream, seg.broadcast, fence, seg, pdt, heal)
-        if idle and wait > 0:
+        if not self.failing and wait > 0:
             op.done = asyncio.get_running_loop().create_future()
         self._push(op)
         if op.done is not None:
@@ -136,6 +137,14 @@ class RecordingQueue:
             self._settle(op)
         for key in [k for k in self._rewrites if k[0] == stream]:
             del self._rewrites[key]
+
+    async def settle(self, stream: str, timeout: float) -> bool:
+        """Wait (at most ``timeout``) until ``stream`` has no segment row waiting."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while any(op.stream == stream for op in self._ops) and loop.time() < end:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        return not any(op.stream == stream for op in self._ops)
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every queued write is done (at most ``timeout``); due rewrites too."""
@@ -203,6 +212,7 @@ class RecordingQueue:
                         self._ops.popleft()
                     self._settle(op)
                     continue
+                self.failing = True
                 self.stats.retries += 1
                 self._retries.inc(stream=op.stream)
                 if op.kind == "rewrite":
@@ -213,6 +223,7 @@ class RecordingQueue:
                 await asyncio.sleep(delay)
                 continue
             delays = self.backoff.delays()
+            self.failing = False
             if op.kind != "rewrite" and self._ops and self._ops[0] is op:
                 self._ops.popleft()
             self._settle(op)

@@ -387,6 +387,8 @@ class Packager:
         finally:
             self._replaying = None
             self._recorded.pop(broadcast, None)
+        if self.recording is not None and not self.recording.failing:  # recorded before listed
+            await self.recording.settle(stream, RECORD_WAIT * 5)
         await self._execute(stream, self.core.render_all(stream))
         for fin in self._finishing:  # the last leader may have died before writing the VOD
             if self.takeover is not None and await asyncio.to_thread(self.takeover.needs_vod, fin.broadcast):

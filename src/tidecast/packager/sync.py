@@ -64,6 +64,9 @@ class PlaylistSync:
         self.stats = SyncStats()
         self._slots: dict[str, _Slot] = {}
         self._written_once: dict[str, asyncio.Event] = {}
+        # one write of a key at a time, even across a forget (a forgotten slot's write may
+        # still be on its way when the stream is led here again)
+        self._key_locks: dict[str, asyncio.Lock] = {}
         self._retries = registry.counter(
             "tidecast_packager_playlist_write_retries_total",
             "Playlist writes that failed and were tried again later.", ("stream",),
@@ -91,12 +94,12 @@ class PlaylistSync:
         return sum(1 for s in self._slots.values() if stream is None or s.stream == stream)
 
     def forget(self, stream: str) -> None:
-        """This packager no longer leads ``stream``: drop what it still meant to write."""
+        """This packager no longer leads ``stream``: drop what it still meant to write.
+        A write already on its way is not cancelled (its thread could not be stopped
+        anyway): the store takes it or refuses it, and the outcome is logged."""
         for key, slot in list(self._slots.items()):
             if slot.stream == stream:
                 del self._slots[key]
-                if slot.task is not None:
-                    slot.task.cancel()
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every wanted version is stored (at most ``timeout``)."""
@@ -119,10 +122,14 @@ class PlaylistSync:
                 await asyncio.wait_for(self._event(dep).wait(), DEPENDENCY_WAIT)
             except TimeoutError:
                 log.warning("%s: %s was never written; writing %s anyway", slot.stream, dep, key)
+        lock = self._key_locks.setdefault(key, asyncio.Lock())
         while self._slots.get(key) is slot and slot.written < slot.version:
-            version, data, epoch = slot.version, slot.data, slot.epoch
             try:
-                await self.put(key, data, epoch)
+                async with lock:
+                    if self._slots.get(key) is not slot:
+                        break
+                    version, data, epoch = slot.version, slot.data, slot.epoch
+                    await self.put(key, data, epoch)
             except self.refused as exc:
                 self.stats.refused += 1
                 self._refusals.inc(stream=slot.stream)
