@@ -53,9 +53,10 @@ class Store(Protocol):
 class VersionedStore(Store, Protocol):
     """A store with conditional writes.
 
-    A version is an opaque string that changes on every write of a key (S3: the
-    ETag; local: inode, modification time and size). Compare versions only for
-    equality, and only versions of the same key.
+    A version is an opaque string that changes when a key is written (local: inode,
+    modification time and size, new on every write; S3: the ETag, the MD5 of the
+    bytes, so writing the very same bytes again keeps it, which is harmless for a
+    compare-and-swap). Compare versions only for equality, only of the same key.
     """
 
     async def get_versioned(self, key: str) -> tuple[bytes, str]:
