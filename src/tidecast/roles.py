@@ -39,8 +39,8 @@ from tidecast.bus.nats import NatsBus
 from tidecast.chat.hub import ChatHub
 from tidecast.chat.room import ChatLimits
 from tidecast.config import ConfigError, Settings
-from tidecast.db import transient
 from tidecast.db import StaleEpoch as StaleLease
+from tidecast.db import transient
 from tidecast.db.chat import ChatLog
 from tidecast.db.leases import Leases
 from tidecast.db.recordings import Recordings

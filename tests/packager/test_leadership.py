@@ -6,7 +6,6 @@ never behind what was already published. Real SQLite leases, real in-process bus
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import UTC, datetime
 from pathlib import Path

@@ -15,6 +15,7 @@ stream's work at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -184,10 +185,8 @@ class RecordingQueue:
                     self._wake.clear()
                     soon = min((t for t, _ in self._rewrites.values()), default=None)
                     timeout = None if soon is None else max(0.0, soon - time.monotonic())
-                    try:
+                    with contextlib.suppress(TimeoutError):  # a rewrite came due
                         await asyncio.wait_for(self._wake.wait(), timeout)
-                    except TimeoutError:
-                        pass
                     continue
                 key = due[0]
                 _, fence = self._rewrites.pop(key)

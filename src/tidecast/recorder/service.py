@@ -19,7 +19,13 @@ from pathlib import Path
 
 from tidecast import ffmpeg, keys
 from tidecast.db.leases import Fence
-from tidecast.db.recordings import BroadcastInfo, BroadcastNotFound, ClipInfo, Recordings, SegmentRow
+from tidecast.db.recordings import (
+    BroadcastInfo,
+    BroadcastNotFound,
+    ClipInfo,
+    Recordings,
+    SegmentRow,
+)
 from tidecast.db.transient import call
 from tidecast.messages import SegmentReady
 from tidecast.packager.hls import stamp_epoch

@@ -40,13 +40,13 @@ from collections import deque
 from dataclasses import dataclass
 
 from tidecast import keys
-from tidecast.bus.base import Bus, Subscription
+from tidecast.bus.base import Bus, Delivery, Subscription
+from tidecast.bus.consumer import consume
 from tidecast.media.frames import AudioConfig, MediaFrame, VideoConfig
 from tidecast.messages import (
     BroadcastEnded,
     BroadcastStarted,
     Message,
-    MessageError,
     SegmentReady,
     TranscodeJob,
     TranscodeLag,
@@ -449,25 +449,14 @@ class BroadcastSegmenter:
 
     # -- backpressure ------------------------------------------------------------
     async def _track(self, sub: Subscription) -> None:
-        """Renditions coming back: a bad message is logged, counted and skipped."""
-        while True:
-            try:
-                delivery = await sub.next()
-            except MessageError as exc:  # the bus could not decode it
-                self.service.m_bad_messages.inc(stream=self.stream)
-                self.log.warning("%s: skipped a bad message on segment.%s: %s",
-                                 self.stream, self.stream, exc)  # fmt: skip
-                continue
-            if delivery is None:
-                return
-            try:
-                msg = delivery.message
-                if isinstance(msg, SegmentReady) and msg.broadcast == self.broadcast:
-                    self.pressure.done(msg.sequence, msg.rendition)  # a gap counts as done too
-                await delivery.ack()
-            except Exception:
-                self.service.m_bad_messages.inc(stream=self.stream)
-                self.log.exception("%s: could not take a message on %s", self.stream, delivery.subject)
+        """Renditions coming back (``consume``: a message that cannot be taken is
+        dead-lettered and the tracker goes on)."""
+        await consume(sub, self._on_rendition, bus=self.service.bus, name="segmenter")
+
+    async def _on_rendition(self, delivery: Delivery) -> None:
+        msg = delivery.message
+        if isinstance(msg, SegmentReady) and msg.broadcast == self.broadcast:
+            self.pressure.done(msg.sequence, msg.rendition)  # a gap counts as done too
 
     async def _report_lag(self, d: Decision) -> None:
         if d.degrading:
@@ -556,10 +545,6 @@ class SegmenterService:
         self.m_publish_failures = registry.counter(
             "tidecast_segmenter_publish_failures_total",
             "Messages the bus finally refused.", ("stream",),
-        )  # fmt: skip
-        self.m_bad_messages = registry.counter(
-            "tidecast_segmenter_bad_messages_total",
-            "Messages the transcode lag tracker could not take (skipped).", ("stream",),
         )  # fmt: skip
         self.m_queued = registry.gauge(
             "tidecast_segmenter_queued_segments",

@@ -37,7 +37,7 @@ from pathlib import Path
 from tidecast import ffmpeg
 from tidecast.messages import MessageError, TranscodeJob, WorkerReply, decode
 from tidecast.store.base import Store
-from tidecast.store.factory import open_store
+from tidecast.store.factory import StoreRetry, open_store
 from tidecast.transcode.job import JobError, run_job
 
 log = logging.getLogger("tidecast.worker")
@@ -105,8 +105,12 @@ def request_body(line: bytes) -> str:
     return str(raw["job"])
 
 
+STORE_DEADLINE = 30.0  # s each store operation of a job retries transient errors
+
+
 async def serve(store_url: str, timeout: float) -> None:
-    store = open_store(store_url, Path("."))
+    # a store that is away for a while delays the job instead of failing it
+    store = open_store(store_url, Path("."), retry=StoreRetry(deadline=STORE_DEADLINE))
     exe = ffmpeg.ffmpeg_exe()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
