@@ -182,6 +182,7 @@ def test_a_job_that_always_fails_becomes_a_gap(media: Path, tmp_path: Path) -> N
     server = start_server(
         tmp_path / "data", "--reconnect-grace", "0", "--playlist-window", "40",
         env={"TIDECAST_LADDER": "default", "TIDECAST_FAULT_FAIL": "3", "TIDECAST_TRANSCODE_ATTEMPTS": "3",
+             "TIDECAST_FAULT_HEAL_FAIL": "3",  # its heal job fails too: it cannot be made at all
              "TIDECAST_SOURCE_RENDITION": "1", "TIDECAST_TRANSCODE_LAG_THRESHOLD": NO_SKIP},
     )  # fmt: skip
     try:
@@ -203,5 +204,9 @@ def test_a_job_that_always_fails_becomes_a_gap(media: Path, tmp_path: Path) -> N
         assert status["dead_lettered"] == 1
         assert status["retries"] == 2
         assert "gap#3 dead-lettered after 3 attempts" in server.log()
+        wait_for(lambda: httpx.get(f"{server.http}/api/v1/transcode").json()["heal_dead_lettered"] == 1,
+                 60, what="the heal job to give up too")  # fmt: skip
+        vod = httpx.get(f"{server.http}/api/v1/broadcasts?stream=gap").json()[0]
+        assert vod["vod"] and vod["gaps"] == 2 and vod["healed"] == 0  # 480p and 240p of segment 3
     finally:
         server.stop()

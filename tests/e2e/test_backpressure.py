@@ -1,6 +1,8 @@
 """Transcode backpressure end to end: one slow job makes transcoding lag, new segments
-skip the top rung (EXT-X-GAP there, same sequence numbers everywhere, the lowest rung
-complete), the lag is reported at /metrics, and the ladder comes back afterwards."""
+skip the top rung (EXT-X-GAP there while live, same sequence numbers everywhere, the
+lowest rung complete), the lag is reported at /metrics, and the ladder comes back
+afterwards. Then the recording heals: what live skipped is encoded at low priority and
+the playlists list every segment, the broadcast records which ones healed."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import m3u8
 import pytest
 
 from tests.conftest import start_server, wait_for
+from tests.e2e.watch import PlaylistWatcher
 from tidecast import ffmpeg
 
 pytestmark = pytest.mark.e2e
@@ -43,6 +46,8 @@ def test_lagging_transcode_skips_the_top_rung(tmp_path: Path, ffmpeg_exe: str) -
         p = ffmpeg.TestPattern(width=426, height=240, duration=12, clock=False, video_bitrate_k=400)
         pub = subprocess.Popen(ffmpeg.publish_test_pattern_args(p, server.rtmp_url(key), ffmpeg_exe),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        watcher = PlaylistWatcher([server.http], "bp", ("240p", "144p", "audio"), interval=0.1)
+        watcher.start()
         assert pub.wait(timeout=30) == 0
         base = f"{server.http}/hls/bp"
 
@@ -53,16 +58,35 @@ def test_lagging_transcode_skips_the_top_rung(tmp_path: Path, ffmpeg_exe: str) -
             )
 
         wait_for(ended, 20, interval=0.3, what="every playlist to end")
+        watcher.finish()
+        assert not watcher.problems, watcher.problems
         pls = {r: m3u8.loads(httpx.get(f"{base}/{r}.m3u8").text) for r in ("240p", "144p", "audio")}
         seqs = sequences(pls["144p"])
         assert len(seqs) >= 5 and seqs == list(range(len(seqs))), seqs
         for name, pl in pls.items():  # one timeline: segment N is N in every rendition
             assert sequences(pl) == seqs and pl.media_sequence == pls["144p"].media_sequence, name
-        top_gaps = gaps(pls["240p"])
+        top_gaps = sorted(watcher.gaps_seen.get("240p", ()))  # msn = sequence: the first broadcast
         assert top_gaps, "the top rung never skipped a segment"
         assert top_gaps[0] >= 1  # the first job never lags behind an earlier one
         assert top_gaps[-1] < seqs[-1], "the ladder did not come back after the lag"
-        assert gaps(pls["144p"]) == [] and gaps(pls["audio"]) == []
+        assert "144p" not in watcher.gaps_seen and "audio" not in watcher.gaps_seen
+
+        # the recording heals: live skipped 240p, a heal job encodes it afterwards
+        def healed() -> bool:
+            return gaps(m3u8.loads(httpx.get(f"{base}/240p.m3u8").text)) == []
+
+        wait_for(healed, 60, interval=0.5, what=f"the skipped segments to heal\n{server.log()[-3000:]}")
+        bid = httpx.get(f"{server.http}/api/v1/broadcasts?stream=bp").json()[0]["id"]
+
+        def vod_whole() -> bool:
+            b = httpx.get(f"{server.http}/api/v1/broadcasts/{bid}").json()
+            return bool(b["vod"]) and b["gaps"] == 0
+
+        wait_for(vod_whole, 30, interval=0.5, what="the VOD to list every segment")
+        b = httpx.get(f"{server.http}/api/v1/broadcasts/{bid}").json()
+        assert sorted(s["sequence"] for s in b["healed_segments"] if s["rendition"] == "240p") == top_gaps
+        vod = httpx.get(f"{server.http}/hls/bp/{bid}/240p.m3u8").text
+        assert "#EXT-X-GAP" not in vod and len(m3u8.loads(vod).segments) == len(seqs)
         master = m3u8.loads(httpx.get(f"{base}/master.m3u8").text)
         assert sorted(v.uri for v in master.playlists) == ["144p.m3u8", "240p.m3u8"]
 

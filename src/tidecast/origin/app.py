@@ -118,6 +118,8 @@ def create_app(ctx: AppContext) -> FastAPI:
 
     def stream_out(name: str, title: str) -> StreamOut:
         s = ctx.live.live().get(name)
+        if s is not None and s.paused:  # the publisher left; the broadcast waits for it
+            s = None
         return StreamOut(
             name=name, title=title, live=s is not None,
             started_at=s.started_at if s else None, broadcast=s.broadcast if s else None,

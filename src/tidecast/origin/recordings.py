@@ -27,6 +27,11 @@ from tidecast.recorder.download import DownloadError, build_mp4
 from tidecast.recorder.service import Recorder, broadcast_dir, clip_dir
 
 
+class SegmentRef(BaseModel):
+    rendition: str
+    sequence: int
+
+
 class BroadcastOut(BaseModel):
     id: str
     stream: str
@@ -43,6 +48,11 @@ class BroadcastOut(BaseModel):
     page_url: str
     poster_url: str | None
     download_url: str
+    gaps: int = Field(0, description="segments the recording lists as gaps (could not be made)")
+    healed: int = Field(0, description="segments first listed as gaps, made afterwards")
+    healed_segments: list[SegmentRef] | None = Field(
+        None, description="which segments healed (on GET /broadcasts/{id} only)"
+    )
 
 
 class ClipCreate(BaseModel):
@@ -76,7 +86,8 @@ def _bout(b: BroadcastInfo, live: bool) -> BroadcastOut:
         live=live, parts=b.parts, duration=b.duration, size=b.size, renditions=list(b.renditions),
         vod=b.vod_ready, hls_url=f"{base}/master.m3u8" if b.vod_ready else None,
         page_url=f"/videos/{b.id}", poster_url=f"{base}/poster.jpg" if b.vod_ready else None,
-        download_url=f"/api/v1/broadcasts/{b.id}/download",
+        download_url=f"/api/v1/broadcasts/{b.id}/download", gaps=b.gaps, healed=b.healed,
+        healed_segments=None,
     )  # fmt: skip
 
 
@@ -111,7 +122,10 @@ def recordings_router(
 
     @api.get("/broadcasts/{broadcast}", response_model=BroadcastOut, responses={404: {}})
     async def get_broadcast(broadcast: str) -> BroadcastOut:
-        return _bout(await one(broadcast), broadcast in live_ids())
+        out = _bout(await one(broadcast), broadcast in live_ids())
+        healed = await asyncio.to_thread(rec.healed_segments, broadcast)
+        out.healed_segments = [SegmentRef(rendition=r, sequence=n) for r, n in healed]
+        return out
 
     @api.delete(
         "/broadcasts/{broadcast}", status_code=204, dependencies=admin, responses={404: {}, 409: {}}

@@ -358,6 +358,7 @@ class PackagerCore:
 
     # -------------------------------------------------------------- segments
     def _on_segment(self, msg: SegmentReady, now: float, out: list[Action]) -> None:
+        _check(msg)
         st = self.stream(msg.stream)
         timeline = st.broadcasts.get(msg.broadcast)
         if timeline is None and st.current is not None and (msg.heal or msg.broadcast < st.current):
@@ -582,6 +583,26 @@ class PackagerCore:
 
     def _hidden(self) -> set[str]:
         return set() if self.include_source else {"source"}
+
+
+class BadSegment(ValueError):
+    """A SegmentReady no stage would send: its keys do not name its own objects."""
+
+
+def _check(msg: SegmentReady) -> None:
+    """A playlist lists only the stream's own objects, at the place the message claims."""
+    seg = keys.parse(msg.segment_key)
+    if seg is None or seg.kind != "segment" or (seg.stream, seg.broadcast, seg.rendition,
+                                                 seg.sequence) != (msg.stream, msg.broadcast,
+                                                                   msg.rendition, msg.sequence):  # fmt: skip
+        raise BadSegment(f"segment key {msg.segment_key!r} is not {msg.rendition} #{msg.sequence} "
+                         f"of {msg.stream}/{msg.broadcast}")  # fmt: skip
+    if msg.init_key:
+        init = keys.parse(msg.init_key)
+        if init is None or init.kind != "init" or (init.stream, init.broadcast) != (msg.stream, msg.broadcast):
+            raise BadSegment(f"init key {msg.init_key!r} is not an init segment of {msg.stream}/{msg.broadcast}")
+    if msg.sequence < 0 or not msg.duration >= 0 or msg.size < 0:
+        raise BadSegment(f"segment {msg.sequence} with duration {msg.duration} and size {msg.size}")
 
 
 def _min(a: float | None, b: float) -> float:

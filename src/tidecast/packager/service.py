@@ -28,9 +28,9 @@ from typing import Protocol
 
 from tidecast import keys
 from tidecast.bus.base import Bus, Delivery, Subscription
-from tidecast.bus.consumer import consume
+from tidecast.bus.consumer import consume, dead_letter_delivery
 from tidecast.db.leases import Fence
-from tidecast.messages import DeadLetter, Message, SegmentReady, encode
+from tidecast.messages import SegmentReady
 from tidecast.metrics import REGISTRY
 from tidecast.packager.core import (
     Action,
@@ -118,7 +118,7 @@ class Packager:
         )  # fmt: skip
         self.hooks: list[PublishedHook] = []
         self._subs: list[Subscription] = []
-        self._queues: dict[str, asyncio.Queue[Message]] = {}
+        self._queues: dict[str, asyncio.Queue[Delivery]] = {}
         self._busy: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._replaying: str | None = None  # the stream being rebuilt: no writes
@@ -200,42 +200,37 @@ class Packager:
             q = self._queues[stream] = asyncio.Queue(STREAM_QUEUE)
             self.sup.spawn(f"packager-stream {stream}", lambda: self._run_stream(stream, q),
                            kind="packager-stream")  # fmt: skip
-        await q.put(delivery.message)  # waits while the stream's task is this far behind
+        await q.put(delivery)  # waits while the stream's task is this far behind
 
-    async def _run_stream(self, stream: str, q: asyncio.Queue[Message]) -> None:
+    async def _run_stream(self, stream: str, q: asyncio.Queue[Delivery]) -> None:
         """One stream's messages, in arrival order, and its deadlines."""
         while True:
             due = self.core.next_deadline(stream)
             timeout = None if due is None else max(0.0, due - time.monotonic())
             try:
-                msg: Message | None = await asyncio.wait_for(q.get(), timeout)
+                d: Delivery | None = await asyncio.wait_for(q.get(), timeout)
             except TimeoutError:
-                msg = None
+                d = None
             self._busy.add(stream)
             try:
                 async with self._lock(stream):
-                    if msg is not None:
-                        await self._handle(stream, msg)
+                    if d is not None:
+                        await self._handle(stream, d)
                     if self._may_write(stream):
                         await self._execute(stream, self.core.tick(time.monotonic(), stream))
             finally:
                 self._busy.discard(stream)
 
-    async def _handle(self, stream: str, msg: Message) -> None:
+    async def _handle(self, stream: str, d: Delivery) -> None:
         try:
             if not await self._leads(stream):
                 return
-            await self._execute(stream, self.core.handle(msg, time.monotonic()))
+            await self._execute(stream, self.core.handle(d.message, time.monotonic()))
         except Exception as exc:
-            # a message the core cannot take (a bug, or input no stage should send)
+            # a message the core cannot take (input no stage should send, or a bug)
             self._dead.inc(stream=stream)
-            log.exception("%s: could not handle %s; dead-lettered", stream, msg.kind)
-            subject = f"{msg.kind.split('.', 1)[0]}.{stream}"
-            data = encode(msg)
-            try:
-                await self.bus.publish(f"dead.{subject}", DeadLetter.of(subject, data, repr(exc), "packager", time.time()))
-            except Exception as pub_exc:  # noqa: BLE001 - logged above; the stream goes on
-                log.warning("%s: could not dead-letter it: %r", stream, pub_exc)
+            log.exception("%s: could not handle %s on %s", stream, d.message.kind, d.subject)
+            await dead_letter_delivery(self.bus, d, f"{type(exc).__name__}: {exc}", "packager")
 
     # ------------------------------------------------------------ actions
     def _may_write(self, stream: str) -> bool:
@@ -285,7 +280,7 @@ class Packager:
             state = self._recorded.get(seg.broadcast, {}).get((seg.rendition, seg.sequence))
             if state is not None and (state is False or seg.gap):
                 return
-        await self.recording.record(stream, seg, a.program_date_time, heal=a.heal or not seg.gap,
+        await self.recording.record(stream, seg, a.program_date_time, heal=a.heal,
                                     fence=self._fence(stream), wait=0.0 if replay else RECORD_WAIT)  # fmt: skip
 
     def _put_playlist(self, stream: str, a: PutPlaylist) -> None:
