@@ -81,3 +81,14 @@ async def test_ffmpeg_failure_reports_its_stderr() -> None:
 
     with pytest.raises(ffmpeg.FFmpegError, match="exited with"):
         await ffmpeg.run([ffmpeg.ffmpeg_exe(), "-hide_banner", "-i", "/nonexistent/input.mp4", "-f", "null", "-"], 10)
+
+
+def test_publish_file_args() -> None:
+    assert ffmpeg.publish_file_args("in.mp4", "rtmp://h/live/k", "ff") == [
+        "ff", "-hide_banner", "-nostdin", "-loglevel", "warning", "-re",
+        "-i", "in.mp4", "-c", "copy", "-f", "flv", "rtmp://h/live/k",
+    ]  # fmt: skip
+    assert ffmpeg.publish_file_args("in.mp4", "rtmp://h/live/k", "ff", realtime=False, loops=2) == [
+        "ff", "-hide_banner", "-nostdin", "-loglevel", "warning", "-stream_loop", "2",
+        "-i", "in.mp4", "-c", "copy", "-f", "flv", "rtmp://h/live/k",
+    ]  # fmt: skip

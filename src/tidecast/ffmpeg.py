@@ -145,11 +145,16 @@ def render_test_pattern_args(p: TestPattern, path: str, exe: str = "ffmpeg") -> 
     ]  # fmt: skip
 
 
-def publish_file_args(path: str, url: str, exe: str = "ffmpeg", realtime: bool = True) -> list[str]:
-    """ffmpeg re-publishing an already encoded file to RTMP without re-encoding."""
+def publish_file_args(
+    path: str, url: str, exe: str = "ffmpeg", realtime: bool = True, loops: int = 0
+) -> list[str]:
+    """ffmpeg re-publishing an already encoded file to RTMP without re-encoding
+    (``loops`` more times after the first, timestamps running on)."""
     args = [exe, "-hide_banner", "-nostdin", "-loglevel", "warning"]
     if realtime:
         args += ["-re"]
+    if loops:
+        args += ["-stream_loop", str(loops)]
     return [*args, "-i", path, "-c", "copy", "-f", "flv", url]
 
 

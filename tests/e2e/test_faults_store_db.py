@@ -114,6 +114,20 @@ def test_store_and_database_outages_lose_nothing(tmp_path: Path, ffmpeg_exe: str
             wait_for(lambda: vod() is not None, 60, what=f"the VOD\n{server.log()[-4000:]}")
             info = vod()
             assert info is not None
+            # the faults really hit: the stages retried through them
+            metrics = httpx.get(f"{server.http}/metrics").text
+
+            def total(name: str) -> float:
+                return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                           if line.startswith(name + "{") or line.startswith(name + " "))  # fmt: skip
+
+            store_retries = total("tidecast_store_retries_total")
+            recording_retries = total("tidecast_packager_recording_retries_total")
+            assert store_retries > 0 and recording_retries > 0, metrics
+            print(f"faults: {delayed} PUTs delayed, {watcher.failed_fetches} viewer fetches failed, "
+                  f"{store_retries:.0f} store retries, {total('tidecast_db_retries_total'):.0f} database "
+                  f"retries, {recording_retries:.0f} recording retries, "
+                  f"{total('tidecast_packager_playlist_write_retries_total'):.0f} playlist write retries")
             for r in RENDITIONS:  # the recording lost nothing: every segment, real
                 text = httpx.get(f"{server.http}/hls/f/{info['id']}/{r}.m3u8").text
                 pl = m3u8.loads(text)

@@ -30,6 +30,7 @@ from tidecast.origin.metrics import metrics_router
 from tidecast.origin.recordings import recordings_router, video_pages
 from tidecast.recorder.service import Recorder
 from tidecast.store.base import ObjectNotFound
+from tidecast.store.retrying import is_transient as store_transient
 
 log = logging.getLogger("tidecast.origin")
 
@@ -206,9 +207,15 @@ def create_app(ctx: AppContext) -> FastAPI:
             return JSONResponse({"detail": str(exc)}, 400, headers=CORS)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ObjectNotFound):
             return JSONResponse({"detail": "not found"}, 404, headers=CORS)
-        except OSError as exc:  # e.g. ELOOP from a symlink
-            log.warning("refused %s: %s", path, exc)
-            return JSONResponse({"detail": "not found"}, 404, headers=CORS)
+        except Exception as exc:  # noqa: BLE001 - answered: the store is away, not the object
+            if isinstance(exc, OSError) and not store_transient(exc):  # e.g. ELOOP from a symlink
+                log.warning("refused %s: %s", path, exc)
+                return JSONResponse({"detail": "not found"}, 404, headers=CORS)
+            # a store that does not answer says nothing about the object: never a 404
+            # (a player or an edge would take it for gone); try again shortly
+            log.warning("store unavailable for %s: %r", path, exc)
+            return JSONResponse({"detail": "the media store is unavailable; try again"}, 503,
+                                headers={**CORS, "retry-after": "1", "cache-control": "no-store"})  # fmt: skip
         headers = {**served.headers, **CORS}
         if request.method == "HEAD" or served.status in (304, 416):
             return Response(status_code=served.status, headers=headers)
