@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.services import free_port
 from tidecast.edge.nginx import EdgeConfig, render
@@ -55,7 +56,8 @@ class Deployment:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "AWS_ACCESS_KEY_ID": "test",
                     "AWS_SECRET_ACCESS_KEY": "test", "TIDECAST_HOST": "127.0.0.1"}  # fmt: skip
 
-    def start(self, role: str, name: str, *args: str, wait: bool = True) -> RoleProc:
+    def start(self, role: str, name: str, *args: str, wait: bool = True,
+              env: dict[str, str] | None = None) -> RoleProc:  # fmt: skip
         old = self.procs.get(name)
         http_port = old.http_port if old else free_port()
         rtmp_port = old.rtmp_port if old else free_port()
@@ -66,7 +68,7 @@ class Deployment:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tidecast", role, "--config", str(self.config), "--data-dir", str(data),
                  "--http-port", str(http_port), "--rtmp-port", str(rtmp_port), *args],
-                env=self.env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**self.env, **(env or {})}, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         rp = RoleProc(role, name, proc, log, http_port, rtmp_port)
         self.procs[name] = rp
@@ -158,3 +160,17 @@ def _toml(v: object) -> str:
     if isinstance(v, int | float):
         return repr(v)
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def active_packager(db_url: str, stream: str) -> int | None:
+    """The pid of the packager holding ``stream``'s lease, judged on the database's clock."""
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as c:
+            row = c.execute(text("SELECT holder, expires_at > extract(epoch from clock_timestamp()) "
+                                 "FROM leases WHERE name = :n"), {"n": f"packager/{stream}"}).first()  # fmt: skip
+    finally:
+        engine.dispose()
+    if row is None or not row[1]:
+        return None
+    return int(row[0].split(":")[1])  # host:pid:nonce

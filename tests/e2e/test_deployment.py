@@ -19,10 +19,9 @@ import httpx
 import m3u8
 import pytest
 import websockets.sync.client as ws_client
-from sqlalchemy import create_engine, text
 
 from tests.conftest import wait_for
-from tests.e2e.deployment import Deployment
+from tests.e2e.deployment import Deployment, active_packager
 from tests.e2e.media_check import decode_segment
 from tests.e2e.test_abr import FPS
 from tests.services import NatsServer, pg_database, s3_server
@@ -133,19 +132,6 @@ def check_through_edge(base: str, pl: m3u8.M3U8, *, video: bool) -> None:
             rep = decode_segment(seg.uri, init, data)
             assert not rep.errors and (rep.first_video_keyframe if video else rep.audio), seg.uri
     client.close()
-
-
-def active_packager(db_url: str, stream: str) -> int | None:
-    engine = create_engine(db_url)
-    try:
-        with engine.connect() as c:
-            row = c.execute(text("SELECT holder, expires_at FROM leases WHERE name = :n"),
-                            {"n": f"packager/{stream}"}).first()  # fmt: skip
-    finally:
-        engine.dispose()
-    if row is None or row[1] < time.time():
-        return None
-    return int(row[0].split(":")[1])  # host:pid:nonce
 
 
 def test_deployment_survives_chaos(tmp_path: Path) -> None:

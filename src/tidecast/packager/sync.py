@@ -133,7 +133,7 @@ class PlaylistSync:
             except self.refused as exc:
                 self.stats.refused += 1
                 self._refusals.inc(stream=slot.stream)
-                log.warning("%s: write of %s refused: %s", slot.stream, key, exc)
+                log.warning("%s: %s (a newer packager leads the stream)", slot.stream, exc)
                 if self._slots.get(key) is slot:
                     del self._slots[key]
                 self.on_refused(slot.stream, exc)
