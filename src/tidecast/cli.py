@@ -374,6 +374,8 @@ def _publish(args: argparse.Namespace) -> int:
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopper
         rc = await proc.stop()
         with contextlib.suppress(asyncio.CancelledError):
             await waiter

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from tidecast import keys
 from tidecast.store.factory import StoreURLError, check_store_url
 from tidecast.transcode.ladder import DEFAULT_LADDER, LadderError, Rung, parse_ladder
 
@@ -164,7 +165,7 @@ class Settings:
         return f"http://{self.url_host}:{self.http_port}/watch/{name}"
 
     def hls_url(self, name: str) -> str:
-        return f"http://{self.url_host}:{self.http_port}/hls/{name}/master.m3u8"
+        return f"http://{self.url_host}:{self.http_port}{keys.url_path(keys.live_master(name))}"
 
     def with_overrides(self, **changes: object) -> Settings:
         clean = {k: v for k, v in changes.items() if v is not None}

@@ -196,7 +196,7 @@ def create_app(ctx: AppContext) -> FastAPI:
         try:
             target = files.resolve(media_root / "hls", raw, path)
             if ctx.cache is not None:
-                obj = await ctx.cache.get(f"hls/{path}")
+                obj = await ctx.cache.get(f"{keys.ROOT}/{path}")
                 served = files.serve_bytes(
                     path, obj.body, obj.etag, obj.mtime, request.headers, head
                 )

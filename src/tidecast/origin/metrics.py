@@ -9,15 +9,15 @@ come from the same messages in both deployments.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections import OrderedDict
 
 from fastapi import APIRouter, Response
 
-from tidecast.bus.base import Bus, Subscription
+from tidecast.bus.base import Bus, Delivery, Subscription
+from tidecast.bus.consumer import consume
 from tidecast.messages import TranscodeLag
 from tidecast.metrics import CONTENT_TYPE, REGISTRY, Registry
+from tidecast.supervise import Supervisor
 
 
 def metrics_router(registry: Registry = REGISTRY) -> APIRouter:
@@ -72,21 +72,17 @@ class MetricsListener:
         self.bus = bus
         self.transcode = TranscodeMetrics(registry)
         self._sub: Subscription | None = None
-        self._task: asyncio.Task[None] | None = None
+        self.sup = Supervisor("metrics")
 
     def start(self) -> None:
-        self._sub = self.bus.subscribe("event.transcode.>")
-        self._task = asyncio.create_task(self._consume(self._sub), name="metrics-listener")
+        sub = self._sub = self.bus.subscribe("event.transcode.>")
+        self.sup.spawn("metrics-listener", lambda: consume(sub, self._on_report, bus=self.bus, name="metrics"))
 
-    async def _consume(self, sub: Subscription) -> None:
-        async for delivery in sub:
-            if isinstance(delivery.message, TranscodeLag):
-                self.transcode.observe(delivery.message)
-            await delivery.ack()
+    async def _on_report(self, delivery: Delivery) -> None:
+        if isinstance(delivery.message, TranscodeLag):
+            self.transcode.observe(delivery.message)
 
     async def aclose(self) -> None:
         if self._sub is not None:
             await self._sub.aclose()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self.sup.aclose()

@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 from starlette.background import BackgroundTask
 
+from tidecast import keys
 from tidecast.db.recordings import (
     BroadcastInfo,
     BroadcastLive,
@@ -24,7 +25,7 @@ from tidecast.db.recordings import (
 from tidecast.db.repo import StreamNotFound
 from tidecast.live import LiveStatus, live_broadcast_ids
 from tidecast.recorder.download import DownloadError, build_mp4
-from tidecast.recorder.service import Recorder, broadcast_dir, clip_dir
+from tidecast.recorder.service import Recorder
 
 
 class SegmentRef(BaseModel):
@@ -80,7 +81,7 @@ class RetentionBody(BaseModel):
 
 
 def _bout(b: BroadcastInfo, live: bool) -> BroadcastOut:
-    base = f"/hls/{broadcast_dir(b.stream, b.id).removeprefix('hls/')}"
+    base = keys.url_path(keys.broadcast_prefix(b.stream, b.id))
     return BroadcastOut(
         id=b.id, stream=b.stream, title=b.title, started_at=b.started_at, ended_at=b.ended_at,
         live=live, parts=b.parts, duration=b.duration, size=b.size, renditions=list(b.renditions),
@@ -92,7 +93,7 @@ def _bout(b: BroadcastInfo, live: bool) -> BroadcastOut:
 
 
 def _cout(c: ClipInfo) -> ClipOut:
-    base = "/" + clip_dir(c.stream, c.broadcast, c.id)
+    base = keys.url_path(keys.clip_prefix(c.stream, c.broadcast, c.id))
     return ClipOut(id=c.id, broadcast=c.broadcast, stream=c.stream, title=c.title,
                    duration=c.duration, created_at=c.created_at,
                    hls_url=f"{base}/master.m3u8", page_url=f"/videos/{c.id}")  # fmt: skip

@@ -43,6 +43,11 @@ def vod_playlists(
         by_rendition[r.rendition][r.sequence] = r
         if r.sequence not in known or (known[r.sequence].gap and not r.gap):
             known[r.sequence] = r
+    # a broadcast's segments are numbered 0..N-1 with no hole: one no rendition recorded
+    # (its rows were lost) is a gap in every rendition, timed from its neighbours
+    for n in range(min(known, default=0), max(known, default=-1)):
+        if n not in known:
+            known[n] = _between(known, n)
     sequences = sorted(known)
     out: dict[str, bytes] = {}
     variants: dict[str, Variant] = {}
@@ -103,3 +108,18 @@ def _missing(like: SegmentRow, rendition: str) -> SegmentRow:
                                f"{like.sequence:06d}.m4s"))  # fmt: skip
     return dataclasses.replace(like, rendition=rendition, init_key="", segment_key=key, size=0,
                                gap=True, codecs="", width=0, height=0, frame_rate=0.0)  # fmt: skip
+
+
+def _between(known: dict[int, SegmentRow], n: int) -> SegmentRow:
+    """A gap row for sequence ``n``, which no rendition recorded: it starts where the last
+    one before it ends and lasts until the next one after it starts."""
+    before = max(k for k in known if k < n)
+    after = min(k for k in known if k > n)
+    prev, nxt = known[before], known[after]
+    start = prev.start + prev.duration
+    duration = (nxt.start - start) / (after - before - 1)  # the missing run shares the time
+    duration = duration if duration > 0 else prev.duration
+    pdt = prev.program_date_time + prev.duration if prev.program_date_time else 0.0
+    gap = _missing(prev, prev.rendition)
+    return dataclasses.replace(gap, sequence=n, start=start, duration=duration, program_date_time=pdt,
+                               segment_key=gap.segment_key.replace(f"{prev.sequence:06d}.m4s", f"{n:06d}.m4s"))  # fmt: skip

@@ -30,7 +30,7 @@ from tidecast.db.transient import call
 from tidecast.messages import SegmentReady
 from tidecast.packager.hls import stamp_epoch
 from tidecast.packager.vod import vod_playlists
-from tidecast.store.base import Store
+from tidecast.store.base import ObjectNotFound, Store
 
 log = logging.getLogger("tidecast.recorder")
 
@@ -132,7 +132,11 @@ class Recorder:
         with tempfile.TemporaryDirectory(prefix="tidecast-poster-") as tmp:
             src = Path(tmp) / "in.mp4"
             out = Path(tmp) / "poster.jpg"
-            data = await self.store.get(mid.init_key) + await self.store.get(mid.segment_key)
+            try:
+                data = await self.store.get(mid.init_key) + await self.store.get(mid.segment_key)
+            except ObjectNotFound as exc:  # a poster is a nicety: the VOD is written without it
+                log.warning("no poster for %s: %s is not stored", base, exc)
+                return
             await asyncio.to_thread(src.write_bytes, data)
             try:
                 await ffmpeg.run(
@@ -141,7 +145,7 @@ class Recorder:
             except ffmpeg.FFmpegError as exc:
                 log.warning("no poster for %s: %s", base, exc)
                 return
-            await self.store.put(f"{base}/poster.jpg", await asyncio.to_thread(out.read_bytes))
+            await self.store.put(f"{base}/poster.jpg", await asyncio.to_thread(out.read_bytes))  # keys.poster
 
     async def write_clip(self, clip: ClipInfo) -> None:
         rows = await asyncio.to_thread(self.recordings.segments, clip.broadcast)
