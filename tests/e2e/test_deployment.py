@@ -1,15 +1,22 @@
 """The scale-out deployment on one host, each role its own process: 2 ingest, 3
 workers, 2 packagers, 2 origins behind the nginx edge, on PostgreSQL, NATS and an
-S3 API server. A 60 s 720p publish survives SIGKILLed workers (one every ~5 s),
-the active packager SIGKILLed once and NATS restarted once (a NATS server of the
-test's own, JetStream on disk); playlists are watched throughout, and nothing
-accepted before, during or after the faults is lost."""
+S3 API server (each packager reaches it through a TCP proxy of the test's). A 60 s
+720p publish survives SIGKILLed workers (one every ~5 s), the active packager
+SIGKILLed once, NATS restarted once (a NATS server of the test's own, JetStream on
+disk), and the active packager SIGSTOPped past its lease with a playlist write on its
+way and then SIGCONTed after the stand-by took over: the store refuses the stale
+write (fencing) and the old leader logs it. Playlists are watched on both origins
+throughout (never backwards, nothing listed missing); late segments are listed as
+gaps and heal; nothing accepted before, during or after the faults is lost."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import secrets
+import signal
 import subprocess
 import threading
 import time
@@ -24,6 +31,8 @@ from tests.conftest import wait_for
 from tests.e2e.deployment import Deployment, active_packager
 from tests.e2e.media_check import decode_segment
 from tests.e2e.test_abr import FPS
+from tests.e2e.watch import PlaylistWatcher, seq_of
+from tests.faultproxy import FaultProxy
 from tests.services import NatsServer, pg_database, s3_server
 from tidecast import ffmpeg
 from tidecast.media import fmp4
@@ -31,54 +40,32 @@ from tidecast.media import fmp4
 pytestmark = pytest.mark.e2e
 
 RENDITIONS = ("720p", "360p", "audio")
+REFUSED = re.compile(r".*write of hls/chaos/\S+ with epoch \d+ refused: the store has epoch \d+.*")
 
 
-def seq_of(uri: str) -> int:
-    return int(uri.rsplit("/", 1)[1].split(".")[0])
-
-
-class PlaylistWatcher(threading.Thread):
-    """Polls every rendition playlist (alternating origins) until stopped: a playlist
-    must never go backwards, and everything it lists must be there."""
-
-    def __init__(self, origins: list[str], stream: str) -> None:
-        super().__init__(daemon=True)
-        self.origins = origins
-        self.stream = stream
-        self.stop = threading.Event()
-        self.problems: list[str] = []
-        self.polls = 0
-        self.last: dict[str, tuple[int, int]] = {}  # rendition -> (first msn, next msn)
-        self.checked: set[str] = set()
-
-    def run(self) -> None:
-        client = httpx.Client(timeout=5)
-        i = 0
-        while not self.stop.is_set() and self.polls < 5000:
-            i += 1
-            base = f"{self.origins[i % len(self.origins)]}/hls/{self.stream}"
-            for r in RENDITIONS:
-                try:
-                    resp = client.get(f"{base}/{r}.m3u8")
-                except httpx.TransportError:
-                    continue  # an origin being stopped on purpose
-                if resp.status_code != 200:
-                    continue
-                pl = m3u8.loads(resp.text)
-                first, nxt = pl.media_sequence or 0, (pl.media_sequence or 0) + len(pl.segments)
-                old = self.last.get(r)
-                if old is not None and (first < old[0] or nxt < old[1]):
-                    self.problems.append(f"{r} went backwards: {old} -> {(first, nxt)}")
-                self.last[r] = (max(first, old[0]) if old else first, max(nxt, old[1]) if old else nxt)
-                for seg in pl.segments:
-                    for uri in (seg.uri, seg.init_section.uri if seg.init_section else None):
-                        if uri and uri not in self.checked:
-                            if client.head(f"{base}/{uri}").status_code != 200:
-                                self.problems.append(f"{r} listed a missing object {uri}")
-                            self.checked.add(uri)
-            self.polls += 1
-            time.sleep(0.3)
-        client.close()
+def fence_a_paused_leader(d: Deployment, db: str, proxies: dict[str, FaultProxy]) -> str:
+    """SIGSTOP the leading packager while a playlist write of its is held in its proxy,
+    until the stand-by took over; SIGCONT it and let the write through: the store must
+    refuse it. Returns the old leader's log line saying so."""
+    pid = active_packager(db, "chaos")
+    assert pid is not None, "no packager holds the stream's lease"
+    leader = next(n for n, rp in d.procs.items() if rp.proc.pid == pid)
+    standby = next(n for n in proxies if n != leader)
+    took_over = d.procs[standby].text().count("took over broadcast")
+    proxies[leader].hold("PUT", ".m3u8")
+    assert proxies[leader].wait_held(10), "the leader wrote no playlist"
+    os.kill(pid, signal.SIGSTOP)  # paused with a write on its way, past its lease
+    wait_for(lambda: d.procs[standby].text().count("took over broadcast") > took_over, 20,
+             what=f"the stand-by to take over\n{d.logs()}")  # fmt: skip
+    time.sleep(1.0)
+    os.kill(pid, signal.SIGCONT)
+    time.sleep(0.5)
+    proxies[leader].release()  # the stale write reaches the store now
+    wait_for(lambda: REFUSED.search(d.procs[leader].text()) is not None, 20,
+             what=f"the old leader's write to be refused\n{d.procs[leader].text()[-3000:]}")
+    line = REFUSED.search(d.procs[leader].text())
+    assert line is not None and d.procs[leader].alive()  # it goes on, as a stand-by
+    return line.group(0).strip()
 
 
 class EdgeViewer(threading.Thread):
@@ -138,18 +125,21 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
     nats = NatsServer(tmp_path / "nats-store")  # the test's own: it is restarted mid-publish
     nats.start()
     prefix = "dep" + secrets.token_hex(3)
-    with s3_server() as s3, pg_database() as db:
+    with s3_server() as s3, pg_database() as db, FaultProxy(s3) as p1, FaultProxy(s3) as p2:
+        store = "s3://tidecast/live?endpoint={}"
+        proxies = {"packager-1": p1, "packager-2": p2}
+        penv = {name: {"TIDECAST_STORE_URL": store.format(p.url)} for name, p in proxies.items()}
         d = Deployment(tmp_path / "deploy", {
             "bus_url": nats.url, "bus_prefix": prefix, "database_url": db,
-            "store_url": f"s3://tidecast/live?endpoint={s3}", "ladder": "720:2500,360:700",
+            "store_url": store.format(s3), "ladder": "720:2500,360:700",
             "x264_preset": "ultrafast", "reconnect_grace": 3.0, "lease_ttl": 3.0, "job_ack_wait": 6.0,
             "transcode_attempts": 10, "workers": 1, "playlist_window": 200,
             "transcode_lag_threshold": 120.0,  # every rung of every segment, however late
         })  # fmt: skip
         rng = random.Random(6)
         try:
-            d.start("packager", "packager-1")  # the first one creates the schema
-            started = [d.start(role, f"{role}-{i}", wait=False) for role, n in
+            d.start("packager", "packager-1", env=penv["packager-1"])  # the first one creates the schema
+            started = [d.start(role, f"{role}-{i}", wait=False, env=penv.get(f"{role}-{i}")) for role, n in
                        (("packager", 2), ("worker", 3), ("origin", 2), ("ingest", 2)) for i in range(1, n + 1)
                        if f"{role}-{i}" != "packager-1"]  # fmt: skip
             for rp in started:
@@ -161,7 +151,7 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
                                          clock=False, preset="ultrafast")  # fmt: skip
             pub = subprocess.Popen(ffmpeg.publish_test_pattern_args(pattern, url, ffmpeg.ffmpeg_exe()),
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-            watcher = PlaylistWatcher([d.origin("origin-1"), d.origin("origin-2")], "chaos")
+            watcher = PlaylistWatcher([d.origin("origin-1"), d.origin("origin-2")], "chaos", RENDITIONS)
             watcher.start()
 
             # chat: a message sent through one origin reaches a client of the other
@@ -185,9 +175,11 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
             viewer.start()
 
             # chaos: a random worker SIGKILLed every ~5 s (and started again), the
-            # packager leading the stream SIGKILLed once, NATS stopped for 3 s once
+            # packager leading the stream SIGKILLed once, NATS stopped for 3 s once, the
+            # leading packager paused past its lease once
             kills: list[str] = []
             packager_killed = nats_restarted = False
+            refused = ""
             t0 = time.monotonic()
             while pub.poll() is None and time.monotonic() - t0 < 90:
                 time.sleep(5)
@@ -202,19 +194,21 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
                     d.kill(leader)
                     kills.append(leader)
                     packager_killed = True
-                    d.start("packager", leader, wait=False)
-                elif packager_killed and not nats_restarted and time.monotonic() - t0 > 35:
+                    d.start("packager", leader, wait=False, env=penv[leader])
+                elif packager_killed and not nats_restarted and time.monotonic() - t0 > 30:
                     nats.stop()  # segments cut meanwhile wait in the ingest for the bus
                     time.sleep(3)
                     nats.start()
                     nats_restarted = True
+                elif nats_restarted and not refused and time.monotonic() - t0 > 38:
+                    refused = fence_a_paused_leader(d, db, proxies)
             assert pub.wait(30) == 0, pub.stderr.read().decode(errors="replace")[-2000:] if pub.stderr else ""
-            assert packager_killed and nats_restarted and len(kills) >= 10, kills
+            assert packager_killed and nats_restarted and refused and len(kills) >= 8, kills
             viewer.join(60)
             assert viewer.error is None, repr(viewer.error)
             assert viewer.played > 9, f"played {viewer.played:.1f} s in 15 s through the edge: {viewer.stats}"
             print(f"chaos: {len(kills)} SIGKILLs ({', '.join(kills)}); the edge viewer played "
-                  f"{viewer.played:.1f} s in 15 s; player stats {viewer.stats}")  # shown with -s
+                  f"{viewer.played:.1f} s in 15 s; player stats {viewer.stats}; fencing: {refused}")  # -s
 
             # every rendition ends with every segment, in order, continuous
             base = f"{d.origin('origin-1')}/hls/chaos"
@@ -223,8 +217,12 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
                 return all("#EXT-X-ENDLIST" in httpx.get(f"{base}/{r}.m3u8").text for r in RENDITIONS)
 
             wait_for(ended, 120, interval=0.5, what=f"every playlist to end\n{d.logs()}")
-            watcher.stop.set()
-            watcher.join(10)
+
+            def whole() -> bool:  # a job late past the segment deadline was a gap; it heals
+                return not any("#EXT-X-GAP" in httpx.get(f"{base}/{r}.m3u8").text for r in RENDITIONS)
+
+            wait_for(whole, 90, interval=0.5, what=f"late segments to heal\n{d.logs()}")
+            watcher.finish()
             assert watcher.polls > 50
             assert not watcher.problems, watcher.problems[:10]
             counts = set()
