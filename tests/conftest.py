@@ -18,6 +18,12 @@ import pytest
 from tidecast import ffmpeg
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Heavy end-to-end tests last (stable otherwise): scripts/test.sh runs the unit and
+    integration tests beside the end-to-end ones, and those finish before these start."""
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is not None)
+
+
 @pytest.fixture(scope="session")
 def ffmpeg_exe() -> str:
     return ffmpeg.ffmpeg_exe()

@@ -14,7 +14,7 @@ import pytest
 
 from tidecast.bench.origin import nginx_exe, parse_wrk
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]
 
 
 def test_bench_origin_reports_both_servers_and_the_ratio() -> None:

@@ -26,7 +26,7 @@ from tests.e2e.media_check import (
 from tidecast import ffmpeg
 from tidecast.transcode.ladder import DEFAULT_LADDER
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]
 FPS = 30
 # these tests want every rung of every segment: no backpressure (tests/e2e/test_backpressure.py)
 NO_SKIP = "600"

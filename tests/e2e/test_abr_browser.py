@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import start_server
 from tests.e2e.test_abr import publish_file, render
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.heavy]
 
 
 def current(page: object) -> dict[str, object]:

@@ -18,7 +18,7 @@ from tests.conftest import start_server, wait_for
 from tests.e2e.watch import PlaylistWatcher
 from tidecast import ffmpeg
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]
 
 
 def sequences(pl: m3u8.M3U8) -> list[int]:

@@ -37,7 +37,7 @@ from tests.services import NatsServer, pg_database, s3_server
 from tidecast import ffmpeg
 from tidecast.media import fmp4
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.heavy]
 
 RENDITIONS = ("720p", "360p", "audio")
 REFUSED = re.compile(r".*write of hls/chaos/\S+ with epoch \d+ refused: the store has epoch \d+.*")
