@@ -14,10 +14,12 @@ set +e
 unit_log=$(mktemp -t tidecast-unit.XXXXXX)
 .venv/bin/python -m pytest -p no:cacheprovider -m "not e2e and not browser" "$@" >"$unit_log" 2>&1 &
 unit_pid=$!
+trap 'kill "$unit_pid" 2>/dev/null || true' EXIT  # an interrupted run leaves nothing behind
 .venv/bin/python -m pytest -p no:cacheprovider -m "e2e or browser" "$@"
 e2e_rc=$?
 wait "$unit_pid"
 unit_rc=$?
+trap - EXIT
 echo
 echo "----- unit and integration tests -----"
 cat "$unit_log"
