@@ -106,3 +106,31 @@ async def test_next_waits_out_a_nats_restart(tmp_path: Path) -> None:
     finally:
         await bus.aclose()
         server.stop()
+
+
+async def test_a_fan_out_subscriber_gets_only_new_messages_after_a_nats_restart(tmp_path: Path) -> None:
+    """After a server restart the client re-creates an ordered consumer from the last
+    message it delivered; one that had delivered nothing yet must not start over from
+    the beginning of the stream (every stored message would come again)."""
+    server = NatsServer(tmp_path / "js")
+    server.start()
+    bus = NatsBus(server.url, ack_wait=5.0)
+    await bus.start()
+    try:
+        for n in range(20):  # history: stored before the subscriber came
+            await bus.publish("segment.old", seg(n))
+        sub = bus.subscribe("segment.>")
+        await bus.ready()
+        await asyncio.to_thread(server.stop)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.start)
+        await bus.publish("segment.new", seg(100))  # retried until the server is back
+        got = []
+        while (d := await sub.next(timeout=20)) is not None:
+            got.append(d.message.sequence)  # type: ignore[attr-defined]
+            if got[-1] == 100:
+                break
+        assert got == [100], got
+    finally:
+        await bus.aclose()
+        server.stop()

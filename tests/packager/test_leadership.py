@@ -193,3 +193,33 @@ async def test_the_end_of_a_broadcast_its_dead_leader_never_handled(setup: tuple
         await asyncio.sleep(0.05)
     assert not recordings.needs_vod(bid) and recordings.get(bid).vod_ready
     await other.aclose()
+
+
+async def test_a_stand_by_that_saw_nothing_takes_over_a_live_stream(setup: tuple[Database, LocalStore]) -> None:
+    """A packager started after the leader died (or whose subscription saw nothing of the
+    stream) learns of the live broadcast from the database, not only from the bus: it
+    takes the stream over once the lease expires, with no message needed."""
+    db, store = setup
+    bus = MemoryBus()
+    a = packager(db, store, bus)
+    await a.start()
+    recordings = Recordings(db)
+    t0 = time.time()
+    bid = "20261125T000300Z-eeeeee"
+    recordings.start(db.list_streams()[0].id, bid, datetime.fromtimestamp(t0, UTC), "t", True)
+    await bus.publish("broadcast.s", BroadcastStarted("s", bid, t0))
+    for n in range(3):
+        await bus.publish("segment.s", seg(bid, n, t0))
+    await wait_listed(store, 3)
+    await crash(a)
+    b = packager(db, store, bus)  # a fresh process: it has seen no message of "s"
+    await b.start()
+    deadline = time.monotonic() + TTL * 8
+    while time.monotonic() < deadline and not (b.leadership and b.leadership.leads("s")):  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    assert b.leadership is not None and b.leadership.leads("s")
+    assert "s" in b.core.streams  # rebuilt from the bus's log
+    await bus.publish("segment.s", seg(bid, 3, t0))
+    pl = await wait_listed(store, 4)
+    assert [s.uri for s in pl.segments] == [f"{bid}/source/{n:06d}.m4s" for n in range(4)]
+    await b.aclose()

@@ -142,10 +142,17 @@ class NatsSubscription:
             )
             b._owners[self._core_sub] = self
         elif self.mode == "fanout":
+            last = (await b.js.stream_info(b.stream)).state.last_seq
             self._js_sub = await b.js.subscribe(
                 self.subject, stream=b.stream, ordered_consumer=True,
                 deliver_policy=DeliverPolicy.NEW, **limits,
             )  # fmt: skip
+            # nats-py resets an ordered consumer (after a server restart) at the last stream
+            # sequence it delivered + 1, which is 1 while nothing came yet: the whole stream
+            # would be replayed to a subscriber that asked for new messages only
+            jsi = getattr(getattr(self._js_sub, "_sub", None), "_jsi", None)
+            if jsi is not None and getattr(jsi, "_sseq", None) == 0:
+                jsi._sseq = last
             b._owners[self._js_sub._sub] = self
         else:
             await self._ensure_consumer()

@@ -29,6 +29,7 @@ from typing import Protocol
 from tidecast import keys
 from tidecast.bus.base import Bus, Delivery, Subscription
 from tidecast.bus.consumer import consume, dead_letter_delivery
+from tidecast.db import transient
 from tidecast.db.leases import Fence
 from tidecast.messages import SegmentReady
 from tidecast.metrics import REGISTRY
@@ -86,6 +87,8 @@ class TakeoverSource(Protocol):
     def recorded_state(self, broadcast: str) -> dict[tuple[str, int], bool]: ...
 
     def needs_vod(self, broadcast: str) -> bool: ...
+
+    def live_broadcasts(self) -> dict[str, tuple[str, float]]: ...
 
 
 class Packager:
@@ -331,6 +334,14 @@ class Packager:
         while True:
             await asyncio.sleep(self.leadership.ttl / 2)
             now = time.monotonic()
+            if self.takeover is not None:  # a live stream needs a leader even if no message came
+                try:
+                    live = await transient.call("live_broadcasts", self.takeover.live_broadcasts, deadline=1.0)
+                except Exception as exc:  # noqa: BLE001 - the streams seen on the bus are still watched
+                    log.warning("could not read the live broadcasts (%r)", exc)
+                    live = {}
+                for stream in live:
+                    self._seen.setdefault(stream, now)
             for stream, seen in list(self._seen.items()):
                 if now - seen > 600:
                     del self._seen[stream]
