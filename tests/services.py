@@ -228,3 +228,18 @@ def private_postgres(base: Path) -> Iterator[PrivatePostgres]:
         yield pg
     finally:
         pg.remove()
+
+
+def drop_nats_namespace(url: str, prefix: str) -> None:
+    """Delete the JetStream stream a test's bus prefix made on a shared NATS server."""
+    import asyncio
+
+    from tidecast.bus.nats import NatsBus
+
+    async def drop() -> None:
+        bus = NatsBus(url, prefix=prefix)
+        await bus.start()
+        await bus.delete_stream()
+        await bus.aclose()
+
+    asyncio.run(drop())

@@ -14,7 +14,6 @@ VOD with every segment of every rendition (none lost, none a gap)."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import subprocess
 import time
@@ -28,9 +27,8 @@ from tests.bus.test_bus_contract import NATS_URL, ensure_nats
 from tests.conftest import start_server, wait_for
 from tests.e2e.watch import PlaylistWatcher, seq_of
 from tests.faultproxy import FaultProxy
-from tests.services import private_postgres, s3_process
+from tests.services import drop_nats_namespace, private_postgres, s3_process
 from tidecast import ffmpeg
-from tidecast.bus.nats import NatsBus
 
 pytestmark = pytest.mark.e2e
 
@@ -135,11 +133,4 @@ def test_store_and_database_outages_lose_nothing(tmp_path: Path, ffmpeg_exe: str
                 assert [seq_of(s.uri) for s in pl.segments] == list(range(len(pl.segments))), r
         finally:
             server.stop()
-
-            async def cleanup() -> None:
-                bus = NatsBus(NATS_URL, prefix=prefix)
-                await bus.start()
-                await bus.delete_stream()
-                await bus.aclose()
-
-            asyncio.run(cleanup())
+            drop_nats_namespace(NATS_URL, prefix)

@@ -3,7 +3,6 @@ transcode jobs shared by the workers, playlists, and chat all cross NATS."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import subprocess
@@ -16,8 +15,8 @@ import websockets.sync.client as ws_client
 
 from tests.bus.test_bus_contract import NATS_URL, ensure_nats
 from tests.conftest import start_server, wait_for
+from tests.services import drop_nats_namespace
 from tidecast import ffmpeg
-from tidecast.bus.nats import NatsBus
 
 pytestmark = pytest.mark.e2e
 
@@ -48,11 +47,4 @@ def test_pipeline_and_chat_over_nats(tmp_path: Path, ffmpeg_exe: str) -> None:
         assert "bus on NATS" in server.log()
     finally:
         server.stop()
-
-        async def cleanup() -> None:
-            bus = NatsBus(NATS_URL, prefix=prefix)
-            await bus.start()
-            await bus.delete_stream()
-            await bus.aclose()
-
-        asyncio.run(cleanup())
+        drop_nats_namespace(NATS_URL, prefix)

@@ -7,7 +7,6 @@ back while the overload goes on, and whole once it ends); the lowest rung never 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import subprocess
@@ -22,8 +21,8 @@ from tests.bus.test_bus_contract import NATS_URL, ensure_nats
 from tests.conftest import start_server
 from tests.e2e.conftest import Clips
 from tests.e2e.watch import PlaylistWatcher
+from tests.services import drop_nats_namespace
 from tidecast import ffmpeg
-from tidecast.bus.nats import NatsBus
 
 pytestmark = [pytest.mark.e2e, pytest.mark.heavy]
 
@@ -97,11 +96,4 @@ def test_three_times_overload_degrades_by_rungs_and_recovers(tmp_path: Path, cli
         assert len(pl.segments) >= 18
     finally:
         server.stop()
-
-        async def cleanup() -> None:
-            bus = NatsBus(NATS_URL, prefix=prefix)
-            await bus.start()
-            await bus.delete_stream()
-            await bus.aclose()
-
-        asyncio.run(cleanup())
+        drop_nats_namespace(NATS_URL, prefix)
