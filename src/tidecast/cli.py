@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tidecast.config import ConfigError, Settings, from_env, from_file
+from tidecast.supervise import dump_tasks
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -268,8 +269,10 @@ def _until_stopped(name: str, make: Callable[[], Any], started: Callable[[Any], 
         await node.start()
         started(node)
         stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # what is it doing? kill -USR1 PID
         await stop.wait()
         await node.aclose()
 

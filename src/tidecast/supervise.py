@@ -146,3 +146,30 @@ class Supervisor:
         for t in tasks:
             if t.done() and not t.cancelled() and t.exception() is not None:
                 log.warning("%s: task %s ended with %r", self.component, t.get_name(), t.exception())
+
+
+def dump_tasks(out: Any = None) -> str:
+    """Every asyncio task of the running loop with where it waits, and every thread's
+    stack: what a node is doing, for an operator's ``kill -USR1 PID`` (``tidecast``
+    nodes install it). Written to ``out`` (stderr by default) and returned."""
+    import io
+    import sys
+    import threading
+    import traceback
+
+    buf = io.StringIO()
+    tasks = sorted(asyncio.all_tasks(), key=lambda t: t.get_name())
+    buf.write(f"===== {len(tasks)} asyncio tasks\n")
+    for task in tasks:
+        buf.write(f"--- task {task.get_name()}: {task.get_coro()!r}\n")
+        for frame in task.get_stack(limit=12):
+            buf.write("".join(traceback.format_stack(frame, limit=1)))
+    names = {t.ident: t.name for t in threading.enumerate()}
+    frames = sys._current_frames()
+    buf.write(f"===== {len(frames)} threads\n")
+    for ident, frame in frames.items():
+        buf.write(f"--- thread {names.get(ident, ident)}\n")
+        buf.write("".join(traceback.format_stack(frame, limit=12)))
+    text = buf.getvalue()
+    print(text, file=out or sys.stderr, flush=True)
+    return text

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, update
 
-from tidecast.db import StaleEpoch
+from tidecast.db import StaleEpoch, transient
 from tidecast.db.leases import Fence, Grant, Leases
 from tidecast.db.models import Lease
 from tidecast.db.recordings import Recordings, SegmentRow
@@ -137,4 +137,70 @@ def test_a_takeover_waits_for_a_fenced_write_in_flight(db: Database, db_url: str
             rec.record_segment("b1", seg(1), fence=old)
     finally:
         go_on.set()
+        other.close()
+
+
+def test_a_holder_stalled_inside_a_fenced_write_does_not_block_a_takeover(
+    db: Database, db_url: str
+) -> None:
+    """The old holder passed its fence check and then stalls (a paused process) with the
+    lease row share-locked. The stand-by's takeover waits for a row lock only so long
+    (a transient error, retried), and the server ends the stalled session after
+    ``IDLE_IN_TRANSACTION``: the takeover succeeds, the stalled write writes nothing, and
+    the old holder, once going again, gets a transient error and then a refusal."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("server-side session limits are PostgreSQL's (SQLite: one node, no stand-by)")
+    rec, leases = Recordings(db), Leases(db)
+    rec.start(1, "b1", datetime.now(UTC), "t", True)
+    old = Fence(NAME, "p1", leases.acquire(NAME, "p1", 30.0).epoch)
+    _expire(db)
+
+    inserted, go_on = threading.Event(), threading.Event()
+
+    def stall_after_insert(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO SEGMENTS"):
+            inserted.set()
+            assert go_on.wait(30), "the test never let the write go on"
+
+    other = Database(db_url)
+    event.listen(db.engine, "after_cursor_execute", stall_after_insert)
+    write_error: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            rec.record_segment("b1", seg(0), fence=old)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            write_error.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        assert inserted.wait(10), "the fenced write never reached its insert"
+        t0 = time.monotonic()
+        errors: list[BaseException] = []
+        grant: Grant | None = None
+        while grant is None and time.monotonic() - t0 < transient.IDLE_IN_TRANSACTION + 10:
+            try:
+                grant = Leases(other).acquire(NAME, "p2", 30.0)
+            except Exception as exc:  # noqa: BLE001 - each one must be transient
+                assert transient.is_transient(exc), f"not transient: {exc!r}"
+                errors.append(exc)
+        took = time.monotonic() - t0
+        assert grant is not None and grant.granted and grant.epoch == 2, grant
+        # it waited for the stalled session's end (not for the stalled process), and a
+        # row lock it could not get in time came back as a transient error meanwhile
+        assert transient.IDLE_IN_TRANSACTION - 0.5 <= took <= transient.IDLE_IN_TRANSACTION + 5
+        assert any(
+            getattr(getattr(e, "orig", None), "sqlstate", None) == "55P03" for e in errors
+        ), errors
+    finally:
+        go_on.set()
+        writer.join(10)
+        event.remove(db.engine, "after_cursor_execute", stall_after_insert)
+    try:
+        assert len(write_error) == 1 and transient.is_transient(write_error[0]), write_error
+        assert Recordings(other).segments("b1") == []  # the stalled write wrote nothing
+        with pytest.raises(StaleEpoch):
+            rec.record_segment("b1", seg(0), fence=old)  # its retry is refused
+    finally:
         other.close()

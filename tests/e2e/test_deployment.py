@@ -55,8 +55,14 @@ def fence_a_paused_leader(d: Deployment, db: str, proxies: dict[str, FaultProxy]
     proxies[leader].hold("PUT", ".m3u8")
     assert proxies[leader].wait_held(10), "the leader wrote no playlist"
     os.kill(pid, signal.SIGSTOP)  # paused with a write on its way, past its lease
-    wait_for(lambda: d.procs[standby].text().count("took over broadcast") > took_over, 20,
-             what=f"the stand-by to take over\n{d.logs()}")  # fmt: skip
+    try:
+        wait_for(lambda: d.procs[standby].text().count("took over broadcast") > took_over, 20,
+                 what="the stand-by to take over")  # fmt: skip
+    except AssertionError:
+        os.kill(d.procs[standby].proc.pid, signal.SIGUSR1)  # what it waits on, in its log
+        time.sleep(1.0)
+        raise AssertionError(f"the stand-by did not take over\n{d.logs()}\n===== {standby} in full\n"
+                             f"{d.procs[standby].text()[-40000:]}") from None  # fmt: skip
     time.sleep(1.0)
     os.kill(pid, signal.SIGCONT)
     time.sleep(0.5)

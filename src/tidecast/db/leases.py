@@ -18,7 +18,10 @@ epoch). ``check_fence`` runs inside the write's own transaction and raises
 ``StaleEpoch`` unless the lease row still has that holder and epoch; on
 PostgreSQL it reads the row ``FOR SHARE``, so a takeover's ``UPDATE`` of the
 lease waits until the fenced transaction has ended, and a write checked before
-the takeover commits before the takeover does. SQLite runs one writer at a
+the takeover commits before the takeover does. A holder that stalls inside such a
+transaction (paused, starved) does not hold the takeover up for long: the server ends
+a session idle in a transaction after ``transient.IDLE_IN_TRANSACTION`` seconds, and
+its write, not committed, writes nothing (the holder's retry is refused). SQLite runs one writer at a
 time: ``begin_write`` takes its write lock first (``BEGIN IMMEDIATE``).
 
 Calls are synchronous: async code uses ``tidecast.db.transient.call``.

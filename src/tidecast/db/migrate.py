@@ -100,6 +100,10 @@ def upgrade(url: str) -> str:
 def _lock(conn: Connection) -> None:
     """Serialise upgrades; held until the upgrade's transaction ends."""
     if conn.dialect.name == "postgresql":
+        # a second process waits for the first one's upgrade however long it takes (the
+        # session's usual lock and statement limits are for the pipeline's short calls)
+        conn.execute(text("SET LOCAL lock_timeout = 0"))
+        conn.execute(text("SET LOCAL statement_timeout = 0"))
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
     elif conn.dialect.name == "sqlite":
         # pysqlite opens no transaction for DDL by itself: take the write lock now,

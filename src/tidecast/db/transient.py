@@ -5,8 +5,9 @@ moment must not freeze a stream: the caller retries (``tidecast.retry``) with
 backoff until its own deadline. Transient are: a lost or refused connection
 (SQLAlchemy ``OperationalError`` / ``InterfaceError`` from a server, or any
 ``DBAPIError`` that invalidated its connection), a server shutting down, a
-serialization failure or a deadlock (PostgreSQL class 40), a pool that had no
-connection to give, and SQLite's busy or locked database. Not transient: bad
+serialization failure or a deadlock (PostgreSQL class 40), a row lock not granted
+in time (55P03), a session ended for idling in a transaction (25P03), a pool that had
+no connection to give, and SQLite's busy or locked database. Not transient: bad
 SQL, a constraint, a missing table, and every domain error (``StaleEpoch``,
 ``BroadcastNotFound``, ...), which are raised at once.
 
@@ -44,6 +45,19 @@ _SQLITE_TRANSIENT = ("database is locked", "database table is locked", "busy",
 # (serialization failure, deadlock), 53 insufficient resources, 57 operator
 # intervention (admin shutdown, cannot connect now), 58 system error
 _PG_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+# and two codes of other classes: a row lock not granted within ``lock_timeout``, and a
+# session the server ended for stalling inside a transaction
+_PG_TRANSIENT_CODES = ("55P03", "25P03")
+
+# Server-side bounds on every PostgreSQL session (libpq ``options``). A client that stalls
+# inside a transaction (a paused or starved process) loses it after IDLE_IN_TRANSACTION
+# seconds and its row locks with it: a fenced write's share lock on a lease row must not
+# keep a stand-by from taking the lease over. A statement waits at most LOCK_TIMEOUT for a
+# row lock (then a transient error, retried), and runs at most STATEMENT_TIMEOUT, so no
+# thread stays blocked on the server for longer than that.
+IDLE_IN_TRANSACTION = 3.0  # s; at most the default lease time to live
+LOCK_TIMEOUT = 2.0  # s
+STATEMENT_TIMEOUT = 30.0  # s
 
 DEFAULT_BACKOFF = Backoff(initial=0.05, maximum=1.0)
 ATTEMPT_TIMEOUT = 15.0  # one attempt never holds its caller longer than this
@@ -63,7 +77,7 @@ def is_transient(exc: BaseException) -> bool:
             return _sqlite_transient(orig)
         code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
         if isinstance(code, str) and code:
-            return code[:2] in _PG_TRANSIENT_CLASSES
+            return code[:2] in _PG_TRANSIENT_CLASSES or code in _PG_TRANSIENT_CODES
         # no SQLSTATE: a client-side failure (refused, reset, closed, timed out)
         return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
     if isinstance(exc, sqlite3.Error):
@@ -149,5 +163,13 @@ def engine_options(url: str) -> dict[str, Any]:
         # libpq: give up connecting after this many seconds (its minimum is 2), and
         # notice a dead peer on an idle connection within about half a minute
         opts["connect_args"] = {"connect_timeout": 3, "keepalives": 1, "keepalives_idle": 10,
-                                "keepalives_interval": 5, "keepalives_count": 3}  # fmt: skip
+                                "keepalives_interval": 5, "keepalives_count": 3,
+                                "options": session_options()}  # fmt: skip
     return opts
+
+
+def session_options(idle_in_transaction: float = IDLE_IN_TRANSACTION) -> str:
+    """libpq ``options`` bounding every session on the server (see ``IDLE_IN_TRANSACTION``)."""
+    ms = {"idle_in_transaction_session_timeout": idle_in_transaction,
+          "lock_timeout": LOCK_TIMEOUT, "statement_timeout": STATEMENT_TIMEOUT}  # fmt: skip
+    return " ".join(f"-c {k}={round(v * 1000)}" for k, v in ms.items())
