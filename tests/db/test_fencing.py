@@ -45,6 +45,37 @@ def _expire(db: Database, name: str = NAME) -> None:
         )
 
 
+class PausedWrite:
+    """A fenced ``record_segment`` in a thread of its own that stops right after its
+    INSERT (inside its transaction, the lease row share-locked) until ``go_on`` is set."""
+
+    def __init__(self, db: Database, rec: Recordings, fence: Fence, hold: float) -> None:
+        self.db, self.inserted, self.go_on = db, threading.Event(), threading.Event()
+        self.errors: list[BaseException] = []
+        self.hold = hold
+        event.listen(db.engine, "after_cursor_execute", self._pause)
+        self.thread = threading.Thread(target=self._write, args=(rec, fence))
+        self.thread.start()
+        assert self.inserted.wait(10), "the fenced write never reached its insert"
+
+    def _pause(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO SEGMENTS"):
+            self.inserted.set()
+            assert self.go_on.wait(self.hold), "the test never let the write go on"
+
+    def _write(self, rec: Recordings, fence: Fence) -> None:
+        try:
+            rec.record_segment("b1", seg(0), fence=fence)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test's assertions
+            self.errors.append(exc)
+
+    def finish(self) -> None:
+        self.go_on.set()
+        self.thread.join(10)
+        if event.contains(self.db.engine, "after_cursor_execute", self._pause):
+            event.remove(self.db.engine, "after_cursor_execute", self._pause)
+
+
 def test_a_stale_epoch_writes_nothing_after_a_takeover(db: Database) -> None:
     rec, leases = Recordings(db), Leases(db)
     rec.start(1, "b1", datetime.now(UTC), "t", True)
@@ -96,26 +127,8 @@ def test_a_takeover_waits_for_a_fenced_write_in_flight(db: Database, db_url: str
     old = Fence(NAME, "p1", leases.acquire(NAME, "p1", 30.0).epoch)
     _expire(db)  # stalled past the lease, not yet taken over
 
-    inserted, go_on = threading.Event(), threading.Event()
-
-    def pause_after_insert(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO SEGMENTS"):
-            inserted.set()
-            assert go_on.wait(10), "the test never let the write go on"
-
     other = Database(db_url)  # another process (started before: its start-up writes too)
-    event.listen(db.engine, "after_cursor_execute", pause_after_insert)
-    write_error: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            rec.record_segment("b1", seg(0), fence=old)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            write_error.append(exc)
-
-    writer = threading.Thread(target=write)
-    writer.start()
-    assert inserted.wait(10), "the fenced write never reached its insert"
+    paused = PausedWrite(db, rec, old, hold=10)
     try:
         took: list[Grant] = []
         taker = threading.Thread(
@@ -125,18 +138,16 @@ def test_a_takeover_waits_for_a_fenced_write_in_flight(db: Database, db_url: str
         taker.start()
         taker.join(0.7)
         assert taker.is_alive() and not took, "the takeover did not wait for the write in flight"
-        go_on.set()
-        writer.join(10)
+        paused.finish()
         taker.join(10)
         waited = time.monotonic() - t0
-        assert write_error == [] and took and took[0].granted and took[0].epoch == 2
+        assert paused.errors == [] and took and took[0].granted and took[0].epoch == 2
         assert waited >= 0.7
-        event.remove(db.engine, "after_cursor_execute", pause_after_insert)
         assert [r.sequence for r in Recordings(other).segments("b1")] == [0]  # the write landed
         with pytest.raises(StaleEpoch):
             rec.record_segment("b1", seg(1), fence=old)
     finally:
-        go_on.set()
+        paused.finish()
         other.close()
 
 
@@ -155,27 +166,9 @@ def test_a_holder_stalled_inside_a_fenced_write_does_not_block_a_takeover(
     old = Fence(NAME, "p1", leases.acquire(NAME, "p1", 30.0).epoch)
     _expire(db)
 
-    inserted, go_on = threading.Event(), threading.Event()
-
-    def stall_after_insert(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith("INSERT INTO SEGMENTS"):
-            inserted.set()
-            assert go_on.wait(30), "the test never let the write go on"
-
     other = Database(db_url)
-    event.listen(db.engine, "after_cursor_execute", stall_after_insert)
-    write_error: list[BaseException] = []
-
-    def write() -> None:
-        try:
-            rec.record_segment("b1", seg(0), fence=old)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            write_error.append(exc)
-
-    writer = threading.Thread(target=write)
-    writer.start()
+    paused = PausedWrite(db, rec, old, hold=30)
     try:
-        assert inserted.wait(10), "the fenced write never reached its insert"
         t0 = time.monotonic()
         errors: list[BaseException] = []
         grant: Grant | None = None
@@ -194,11 +187,9 @@ def test_a_holder_stalled_inside_a_fenced_write_does_not_block_a_takeover(
             getattr(getattr(e, "orig", None), "sqlstate", None) == "55P03" for e in errors
         ), errors
     finally:
-        go_on.set()
-        writer.join(10)
-        event.remove(db.engine, "after_cursor_execute", stall_after_insert)
+        paused.finish()
     try:
-        assert len(write_error) == 1 and transient.is_transient(write_error[0]), write_error
+        assert len(paused.errors) == 1 and transient.is_transient(paused.errors[0]), paused.errors
         assert Recordings(other).segments("b1") == []  # the stalled write wrote nothing
         with pytest.raises(StaleEpoch):
             rec.record_segment("b1", seg(0), fence=old)  # its retry is refused
