@@ -34,6 +34,9 @@ def test_file_then_env_then_flags(tmp_path: Path) -> None:
         ("store_url = 's3:///nobucket'", "name a bucket"),
         ("store_url = 's3://b/p?endpoint=http://x&colour=red'", "colour"),
         ("lease_ttl = 0.1", "lease_ttl"),
+        ("part_target = 0.05", "part_target must be 0.1..1.0"),
+        ("segment_target = 0.5\npart_target = 0.3", "at most half of segment_target"),
+        ("part_target = 'third'", "part_target"),
         ("workers = 3\n[section]\nx = 1", "section"),
         ("= broken", "t.toml"),
     ],
@@ -43,6 +46,18 @@ def test_bad_config_files_are_refused_clearly(tmp_path: Path, text: str, message
     conf.write_text(text)
     with pytest.raises(ConfigError, match=message):
         from_file(conf)
+
+
+def test_low_latency_settings(tmp_path: Path) -> None:
+    assert Settings().ll_hls and Settings().part_target == pytest.approx(1 / 3)
+    conf = tmp_path / "t.toml"
+    conf.write_text("ll_hls = false\npart_target = 0.5\n")
+    s = from_file(conf)
+    assert not s.ll_hls and s.part_target == 0.5
+    s = from_env({"TIDECAST_LL_HLS": "yes", "TIDECAST_PART_TARGET": "0.25"}, base=s)
+    assert s.ll_hls and s.part_target == 0.25
+    with pytest.raises(ConfigError, match="TIDECAST_PART_TARGET"):
+        from_env({"TIDECAST_PART_TARGET": "soon"})
 
 
 def test_missing_config_file(tmp_path: Path) -> None:

@@ -44,6 +44,8 @@ class Settings:
     # 127.0.0.1 when binding every interface)
     public_host: str | None = None
     segment_target: float = 2.0  # seconds; cut at the first keyframe at or after this
+    ll_hls: bool = True  # low-latency HLS: parts, blocking reload, delta updates
+    part_target: float = 1 / 3  # seconds: the LL-HLS part duration (0.1..1, at most segment_target / 2)
     playlist_window: int = 900  # segments in a live playlist: the DVR window (30 min at 2 s)
     reconnect_grace: float = 30.0  # seconds a broadcast waits for its publisher to return
     rtmp_app: str = "live"
@@ -86,6 +88,9 @@ class Settings:
             raise ConfigError(
                 f"segment_target must be between 0.5 and 30 seconds, got {self.segment_target}"
             )
+        if not 0.1 <= self.part_target <= 1.0 or self.part_target > self.segment_target / 2:
+            raise ConfigError(f"part_target must be 0.1..1.0 s and at most half of segment_target "
+                              f"({self.segment_target} s), got {self.part_target}")  # fmt: skip
         if not 3 <= self.playlist_window <= 20000:
             raise ConfigError(f"playlist_window must be 3..20000, got {self.playlist_window}")
         if self.x264_preset not in X264_PRESETS:
@@ -179,6 +184,8 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "data_dir": Path,
     "public_host": str,
     "segment_target": float,
+    "ll_hls": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "part_target": float,
     "playlist_window": int,
     "reconnect_grace": float,
     "rtmp_handshake_timeout": float,

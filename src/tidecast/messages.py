@@ -203,6 +203,33 @@ class SegmentReady(Message):
 
 
 @message
+class PartReady(Message):
+    """One LL-HLS part (a slice of a segment still being made) is stored.
+
+    Published on the segment's subject, before its segment's ``SegmentReady``
+    (which follows its ``final`` part), so a packager lists it at the live edge
+    long before the whole segment exists. ``part`` is the publisher session, as
+    elsewhere; the part's place within its segment is ``index``.
+    """
+
+    kind: ClassVar[str] = "part.ready"
+    stream: str
+    broadcast: str
+    rendition: str
+    sequence: int  # its segment
+    index: int  # 0-based within the segment
+    start: float  # media time of the first frame, seconds (source timeline)
+    duration: float  # seconds
+    key: str
+    init_key: str
+    size: int
+    independent: bool  # starts with a keyframe (always true for index 0)
+    final: bool  # the last part of its segment; its SegmentReady follows
+    produced_at: float  # wall clock when it was stored
+    part: int = 0  # publisher session within the broadcast
+
+
+@message
 class TranscodeJob(Message):
     """Encode one stored source segment into the rungs of the ladder it gets.
 

@@ -234,7 +234,7 @@ class PackagerNode:
             leadership=self.leadership, takeover=self.recordings, put=self._put,
             refused=(StaleObject, StaleLease), gap_after=settings.gap_after,
             end_gap_after=settings.gap_after + settings.transcode_lag_threshold + 2 * settings.segment_target,
-            transient=is_transient,
+            transient=is_transient, ll_hls=settings.ll_hls, part_target=settings.part_target,
         )  # fmt: skip
         self.sup = Supervisor("packager-node")
 

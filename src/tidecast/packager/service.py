@@ -99,6 +99,7 @@ class Packager:
         put: PutFn | None = None, refused: tuple[type[BaseException], ...] = (),
         gap_after: float | None = None, end_gap_after: float | None = None,
         transient: Callable[[BaseException], bool] = lambda exc: False,
+        ll_hls: bool = False, part_target: float = 1 / 3,
     ) -> None:  # fmt: skip
         self.store = store
         self.bus = bus
@@ -109,7 +110,8 @@ class Packager:
         self.takeover = takeover
         self.core = PackagerCore(window=window, target_duration=target_duration,
                                  include_source=include_source, gap_after=gap_after,
-                                 end_gap_after=end_gap_after)  # fmt: skip
+                                 end_gap_after=end_gap_after, ll_hls=ll_hls,
+                                 part_target=part_target)  # fmt: skip
         self.sup = Supervisor("packager")
         self.refused = refused
         self.sync = PlaylistSync(put or self._plain_put, refused=refused, on_refused=self._refused,
