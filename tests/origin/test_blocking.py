@@ -94,6 +94,8 @@ def test_reads_the_edges() -> None:
     assert (empty.last_msn, empty.last_part, empty.segment_parts) == (-1, -1, {})
     start = state(0, 2)
     assert (start.last_msn, start.last_part, start.hint) == (-1, 1, "b1/720p/000000.2.m4s")
+    later = state(0, 2, media_sequence=5)  # no complete segment yet, the window further on
+    assert (later.last_msn, later.last_part) == (4, 1) and satisfied(later, 5, 1)
     ended = state(3, ended=True)
     assert ended.ended and ended.last_part == -1 and ended.hint is None
     no_parts_yet = state(3, 0)  # a segment just completed: nothing of the next one yet

@@ -153,7 +153,8 @@ def read_playlist(data: bytes) -> PlaylistState:
     can_block = _attr(control, b"CAN-BLOCK-RELOAD") == b"YES"
     can_skip = _float(_attr(control, b"CAN-SKIP-UNTIL"))
     segments = data.count(b"\n#EXTINF:") + data.startswith(b"#EXTINF:")
-    last_msn = media_sequence + segments - 1 if segments else -1
+    # with no complete segment yet: the one before the segment in progress (-1 from the start)
+    last_msn = media_sequence + segments - 1
     ended = b"\n#EXT-X-ENDLIST" in data
 
     parts: dict[int, int] = {}
