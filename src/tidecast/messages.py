@@ -285,6 +285,21 @@ class TranscodeLag(Message):
 
 
 @message
+class PlaylistUpdated(Message):
+    """A live media playlist was written (the packager, after each write), on the
+    non-durable ``playlist.<stream>``: origins answer blocking playlist requests at
+    once instead of at their next store poll. Losing one costs a poll interval."""
+
+    kind: ClassVar[str] = "playlist.updated"
+    stream: str
+    rendition: str
+    msn: int  # media sequence number of the last segment listed; -1 for none
+    part: int  # index of the last part listed after it (the segment in progress); -1 for none
+    ended: bool
+    at: float  # wall clock
+
+
+@message
 class JobFailed(Message):
     """A job that failed ``attempts`` times and went to the dead-letter queue."""
 

@@ -50,8 +50,10 @@ from tidecast.ingest.sessions import PublishGate
 from tidecast.live import LiveBroadcast, LiveStatus
 from tidecast.origin.admin import admin_secrets
 from tidecast.origin.app import AppContext, TranscodeStatus, create_app
+from tidecast.origin.blocking import max_hold
 from tidecast.origin.cache import HotCache
 from tidecast.origin.metrics import MetricsListener
+from tidecast.origin.reload import ReloadService
 from tidecast.origin.server import start_http
 from tidecast.packager.hls import epoch_of
 from tidecast.packager.leader import StreamLeadership
@@ -344,10 +346,13 @@ class OriginNode:
         self.chat = ChatHub(self.bus, ChatLog(self.db), chat_lookup(self.live),
                             limits=ChatLimits(blocked_words=blocked))  # fmt: skip
         root = unwrap(self.store)
+        # LL-HLS: blocking playlist requests and hinted parts wait here, woken by the
+        # packager's PlaylistUpdated notifications (and a store poll)
+        self.reload = ReloadService(self.store, self.bus, max_hold=max_hold(settings.segment_target))
         self.app = create_app(AppContext(
             settings, self.db, self.live, self.admin_token, time.time(), transcode, self.recorder,
             self.chat, chat_secret, cache=self.cache,
-            media_root=root.root if isinstance(root, LocalStore) else None,
+            media_root=root.root if isinstance(root, LocalStore) else None, reload=self.reload,
         ))  # fmt: skip
         # backpressure metrics come from the ingest nodes' lag reports
         self.metrics = MetricsListener(self.bus)
@@ -362,6 +367,7 @@ class OriginNode:
         """Everything but the listening socket (``listen``): consumers first."""
         await self.own.start()
         self.metrics.start()
+        self.reload.start()
         await self.chat.start()
         if self.directory is not None:
             await self.directory.refresh()
@@ -369,7 +375,8 @@ class OriginNode:
 
     async def listen(self) -> None:
         await self.own.ready()
-        self._http, self._task, self.http_port = await start_http(self.app, self.settings, self.store)
+        self._http, self._task, self.http_port = await start_http(self.app, self.settings, self.store,
+                                                                  self.reload)  # fmt: skip
         log.info("origin listening on %s:%d", self.settings.host, self.http_port)
 
     async def stop_chat(self) -> None:
@@ -382,6 +389,7 @@ class OriginNode:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.directory is not None:
             await self.directory.aclose()
+        await self.reload.aclose()
         if self.cache is not None:
             await self.cache.aclose()
         await self.metrics.aclose()

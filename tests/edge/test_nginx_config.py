@@ -19,3 +19,26 @@ def test_config_has_the_caching_and_failover_rules() -> None:
 def test_needs_an_origin() -> None:
     with pytest.raises(ValueError):
         render(EdgeConfig(origins=[]))
+
+
+def test_ll_hls_rules_wait_longer_than_the_origin_holds() -> None:
+    import re
+
+    from tidecast.origin.blocking import max_hold
+
+    for target in (1.0, 2.0, 4.0):
+        text = render(EdgeConfig(origins=["10.0.0.1:8080"], segment_target=target))
+        blocking = text.split("location @blocking {", 1)[1].split("}", 1)[0]
+        parts = text.split('location ~ "/\\d{6,}\\.\\d+\\.m4s$" {', 1)[1].split("}", 1)[0]
+        for block in (blocking, parts):
+            for directive in ("proxy_cache_lock_timeout", "proxy_cache_lock_age", "proxy_read_timeout"):
+                m = re.search(directive + r" (\d+)s;", block)
+                assert m is not None and int(m.group(1)) > max_hold(target), (target, directive)
+            # a hold that ended is not held again at the next origin
+            assert "proxy_next_upstream error timeout http_502 http_504;" in block
+        assert "proxy_cache_key $scheme$proxy_host$uri$is_args$args;" in blocking  # the query too
+        assert "proxy_cache_valid 503 1s;" in blocking
+        assert "proxy_cache_valid 200 206 1d;" in parts and "404" not in parts  # parts: never a kept 404
+    assert 'if ($arg__HLS_msn != "") { return 418; }' in text and "error_page 418 = @blocking;" in text
+    # the part location comes before the segments' (nginx takes the first regex that matches)
+    assert text.index('location ~ "/\\d{6,}') < text.index("location ~ \\.(m4s|mp4|jpg)$")

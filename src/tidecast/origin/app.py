@@ -24,10 +24,12 @@ from tidecast.config import Settings
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
 from tidecast.live import LiveStatus
 from tidecast.origin import files
+from tidecast.origin.blocking import parse_part_key
 from tidecast.origin.cache import HotCache
 from tidecast.origin.chat import chat_routes
 from tidecast.origin.metrics import metrics_router
 from tidecast.origin.recordings import recordings_router, video_pages
+from tidecast.origin.reload import PartOutcome, ReloadService, served_reply
 from tidecast.recorder.service import Recorder
 from tidecast.store.base import ObjectNotFound
 from tidecast.store.retrying import is_transient as store_transient
@@ -71,6 +73,7 @@ class AppContext:
     # a remote store (S3) is read through the hot-object cache; None: the local media dir
     cache: HotCache | None = None
     media_root: Path | None = None  # a local store's directory (default: <data dir>/media)
+    reload: ReloadService | None = None  # LL-HLS: blocking playlist reload, hinted parts
 
 
 # ---------------------------------------------------------------- API models
@@ -189,20 +192,45 @@ def create_app(ctx: AppContext) -> FastAPI:
         app.include_router(video_pages(ctx.recorder, WEB_DIR))
 
     # ------------------------------------------------------------ HLS objects
+    async def stored_object(path: str, raw: str, request: Request, head: bool) -> files.ServedObject:
+        """A stored object as it is; LL-HLS waits first where the request asks for
+        one (delivery directives) or the object is a part not stored yet."""
+        target = files.resolve(media_root / "hls", raw, path)
+        key = f"{keys.ROOT}/{path}"
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        if ctx.reload is not None and "_HLS_" in query and path.endswith(".m3u8"):
+            reply = await ctx.reload.playlist(key, query)
+            if reply is not None:
+                return served_reply(reply, request.headers, head)
+        for attempt in range(2):
+            try:
+                if ctx.cache is not None:
+                    obj = await ctx.cache.get(key)
+                    return files.serve_bytes(path, obj.body, obj.etag, obj.mtime, request.headers, head)
+                # hot files from memory, checked against the file each time
+                hot = await files.HOT_FILES.get(media_root, target)
+                return files.serve_hot(hot, request.headers, head)
+            except (FileNotFoundError, ObjectNotFound):
+                ref = parse_part_key(key)
+                if ctx.reload is None or ref is None or attempt:
+                    raise
+                outcome = await ctx.reload.part(key, ref)  # perhaps the hinted part, not stored yet
+                if outcome is PartOutcome.GONE:
+                    raise
+                if outcome is PartOutcome.TIMEOUT:
+                    return files.ServedObject(503, {"retry-after": "1", "cache-control": "no-store",
+                                                    "content-type": "application/json"},
+                                              b'{"detail":"the part is not stored yet; try again"}')  # fmt: skip
+                if ctx.cache is not None:
+                    ctx.cache.forget_missing(key)
+        raise AssertionError("unreachable")
+
     @app.api_route("/hls/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def hls(path: str, request: Request) -> Response:
         raw = request.scope.get("raw_path", b"").decode("latin-1")
         head = request.method == "HEAD"
         try:
-            target = files.resolve(media_root / "hls", raw, path)
-            if ctx.cache is not None:
-                obj = await ctx.cache.get(f"{keys.ROOT}/{path}")
-                served = files.serve_bytes(
-                    path, obj.body, obj.etag, obj.mtime, request.headers, head
-                )
-            else:  # hot files from memory, checked against the file each time
-                hot = await files.HOT_FILES.get(media_root, target)
-                served = files.serve_hot(hot, request.headers, head)
+            served = await stored_object(path, raw, request, head)
         except files.BadPath as exc:
             return JSONResponse({"detail": str(exc)}, 400, headers=CORS)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ObjectNotFound):

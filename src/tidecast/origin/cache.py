@@ -155,6 +155,10 @@ class HotCache:
             self._negative.popitem(last=False)
             self.stats.negative_evictions += 1
 
+    def forget_missing(self, key: str) -> None:
+        """``key`` is stored now (a part someone waited for): stop answering "not found"."""
+        self._negative.pop(key, None)
+
     def _keep(self, key: str, obj: CachedObject) -> None:
         self._negative.pop(key, None)
         size = len(obj.body)

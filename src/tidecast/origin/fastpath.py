@@ -15,6 +15,13 @@ Each connection starts here. The first request that is not a plain GET/HEAD
 under ``/hls/`` (an API call, a page, a WebSocket upgrade, anything with a
 body) hands the connection — with every byte read so far — to uvicorn's own
 HTTP protocol, which serves it and the rest of the connection through the app.
+
+LL-HLS waits stay here too (``origin/reload.py``): a playlist request with
+delivery directives, and a request for a part that is not stored yet, run as
+a task on the connection (later requests on it queue behind, as pipelined
+ones do); the answer then goes out like any other — a hinted part that came
+by ``sendfile`` from its file. Only requests with ``_HLS_`` in their query, or
+for a missing part, take that turn: everything else is untouched.
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ from urllib.parse import unquote
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from tidecast.origin import files
+from tidecast.origin.blocking import PartRef, parse_part_key
+from tidecast.origin.reload import PartOutcome, ReloadService, served_reply
+from tidecast.store.base import ObjectNotFound
 
 log = logging.getLogger("tidecast.origin.fastpath")
 
@@ -44,7 +54,7 @@ CORS = (
     b"access-control-expose-headers: Content-Length, Content-Range, ETag, Age\r\n"
 )
 REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified", 400: b"Bad Request",
-           404: b"Not Found", 416: b"Range Not Satisfiable"}  # fmt: skip
+           404: b"Not Found", 416: b"Range Not Satisfiable", 503: b"Service Unavailable"}  # fmt: skip
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _CORK = getattr(socket, "TCP_CORK", 0)  # Linux
@@ -60,12 +70,14 @@ def _date() -> bytes:
     return _date_cache[1]
 
 
-def fast_path_protocol(media_root: Path) -> type[asyncio.Protocol]:
-    """The protocol class to give uvicorn (``Config(http=...)``) for one media root."""
+def fast_path_protocol(media_root: Path, reload: ReloadService | None = None) -> type[asyncio.Protocol]:
+    """The protocol class to give uvicorn (``Config(http=...)``) for one media root;
+    ``reload`` answers LL-HLS requests that wait (none: they are served as files)."""
     root = media_root.resolve()
 
     class Protocol(HLSFastPath):
         media_root = root
+        ll = reload
         root_prefix = str(root) + os.sep
         hls_prefix = str(root / "hls") + os.sep
         heads: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}  # noqa: RUF012 - one per root
@@ -79,6 +91,7 @@ class HLSFastPath(asyncio.Protocol):
     hls_prefix: str
     # the header block of a plain 200 GET per file (as long as the file is unchanged)
     heads: dict[str, tuple[tuple[int, int, int, int], bytes]]
+    ll: ReloadService | None = None
 
     def __init__(
         self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None
@@ -102,6 +115,7 @@ class HLSFastPath(asyncio.Protocol):
         self.writing = False
         self.sock: Any = None
         self.corked = False
+        self.waiting: asyncio.Task[Any] | None = None  # an LL-HLS request being held
 
     # -- connection ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -118,6 +132,8 @@ class HLSFastPath(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.waiting is not None:
+            self.waiting.cancel()
         self._release_file()
         self._stop_writer()
         self.server_state.connections.discard(self)
@@ -125,8 +141,12 @@ class HLSFastPath(asyncio.Protocol):
             self.idle.cancel()
 
     def shutdown(self) -> None:
-        """uvicorn's graceful shutdown: close now if idle, else after this response."""
-        if self.busy:
+        """uvicorn's graceful shutdown: close now if idle, else after this response
+        (a held request is let go at once: its client asks again elsewhere)."""
+        if self.waiting is not None and self.transport is not None:
+            self.waiting.cancel()
+            self.transport.close()
+        elif self.busy:
             self.close_after = True
         elif self.transport is not None:
             self.transport.close()
@@ -194,14 +214,22 @@ class HLSFastPath(asyncio.Protocol):
             proto.data_received(bytes(self.buf))
         self.buf.clear()
 
-    def _serve(self, method: bytes, raw_path: str, version: bytes, headers: dict[str, str]) -> None:
-        self.server_state.total_requests += 1
+    def _serve(
+        self, method: bytes, raw_path: str, version: bytes, headers: dict[str, str], query: str = "",
+        waited: bool = False,
+    ) -> None:  # fmt: skip
+        if not waited:
+            self.server_state.total_requests += 1
         conn = headers.get("connection", "").lower()
         self.close_after = self.close_after or (
             conn == "close" if version == b"HTTP/1.1" else conn != "keep-alive"
         )
         head = method == b"HEAD"
+        if "_HLS_" in query and self.ll is not None and raw_path.endswith(".m3u8") and not waited:
+            self._hold(self._blocking(method, raw_path, version, headers, query))
+            return
         file_fd = -1
+        full = ""
         try:
             full, suffix = self._resolve(raw_path)
             file_fd = os.open(full, _OPEN_FLAGS)
@@ -238,6 +266,11 @@ class HLSFastPath(asyncio.Protocol):
             return
         except (OSError, ValueError) as exc:  # missing, a symlink (ELOOP), a directory, ...
             self._finish_fd(file_fd)
+            if isinstance(exc, FileNotFoundError) and self.ll is not None and not waited and full:
+                ref = parse_part_key(full[len(self.root_prefix) :])
+                if ref is not None:  # perhaps the hinted part, not stored yet
+                    self._hold(self._part(method, raw_path, version, headers, full, ref))
+                    return
             if not isinstance(exc, FileNotFoundError | NotADirectoryError | IsADirectoryError):
                 log.warning("refused %s: %s", raw_path, exc)
             self._send_json(404, "not found", head)
@@ -284,11 +317,83 @@ class HLSFastPath(asyncio.Protocol):
         return self.hls_prefix + decoded, suffix
 
     def _send_json(self, status: int, detail: str, head: bool) -> None:
+        self._start(self._json(status, detail, head), -1, 0, 0)
+
+    def _json(self, status: int, detail: str, head: bool, extra: bytes = b"") -> bytes:
         body = json.dumps({"detail": detail}).encode()
         out = (b"HTTP/1.1 %d %s\r\ndate: %s\r\nserver: tidecast\r\ncontent-type: application/json\r\n"
                b"content-length: %d\r\n" % (status, REASONS[status], _date(), len(body)))  # fmt: skip
-        out += CORS + (b"connection: close\r\n" if self.close_after else b"") + b"\r\n"
-        self._start(out + (b"" if head else body), -1, 0, 0)
+        out += extra + CORS + (b"connection: close\r\n" if self.close_after else b"") + b"\r\n"
+        return out + (b"" if head else body)
+
+    # -- LL-HLS waits -------------------------------------------------------------
+    def _hold(self, coro: Any) -> None:
+        """Answer this request when ``coro`` says how: the response's bytes, or the
+        request again, to serve from its file as usual (it is stored now, or had no
+        delivery directives after all). Later requests on the connection wait their turn."""
+        self.busy = True
+        task = self.loop.create_task(coro)
+        self.waiting = task
+        task.add_done_callback(self._held)
+
+    def _held(self, task: asyncio.Task[Any]) -> None:
+        self.waiting = None
+        if task.cancelled() or self.closed:
+            return
+        exc = task.exception()
+        if exc is not None:  # a bug: answer, and keep the connection usable
+            log.error("LL-HLS request failed", exc_info=exc)
+            self.close_after = True
+            self._start(self._json(503, "internal error; try again", False, b"retry-after: 1\r\n"), -1, 0, 0)
+            return
+        action = task.result()
+        self.busy = False
+        if isinstance(action, bytes):
+            self._start(action, -1, 0, 0)
+        else:
+            method, raw_path, version, headers = action
+            self._serve(method, raw_path, version, headers, "", waited=True)
+
+    async def _blocking(self, method: bytes, raw_path: str, version: bytes, headers: dict[str, str],
+                        query: str) -> bytes | tuple[bytes, str, bytes, dict[str, str]]:  # fmt: skip
+        head = method == b"HEAD"
+        assert self.ll is not None
+        try:
+            full, _ = self._resolve(raw_path)
+            reply = await self.ll.playlist(full[len(self.root_prefix) :], query)
+        except files.BadPath as exc:
+            return self._json(400, str(exc), head)
+        except (FileNotFoundError, ObjectNotFound):
+            return self._json(404, "not found", head)
+        except Exception as exc:  # noqa: BLE001 - the store is away, not the playlist
+            log.warning("store unavailable for %s: %r", raw_path, exc)
+            return self._json(503, "the media store is unavailable; try again", head,
+                              b"retry-after: 1\r\ncache-control: no-store\r\n")  # fmt: skip
+        if reply is None:  # no delivery directives after all: the file as it is
+            return (method, raw_path, version, headers)
+        served = served_reply(reply, headers, head)
+        return self._head_of(served) + (b"" if head else served.body)
+
+    async def _part(self, method: bytes, raw_path: str, version: bytes, headers: dict[str, str], full: str,
+                    ref: PartRef) -> bytes | tuple[bytes, str, bytes, dict[str, str]]:  # fmt: skip
+        head = method == b"HEAD"
+        assert self.ll is not None
+        try:
+            outcome = await self.ll.part(full[len(self.root_prefix) :], ref)
+        except Exception as exc:  # noqa: BLE001 - the store is away, not the part
+            log.warning("store unavailable for %s: %r", raw_path, exc)
+            outcome = PartOutcome.TIMEOUT
+        if outcome is PartOutcome.READY:
+            return (method, raw_path, version, headers)
+        if outcome is PartOutcome.GONE:
+            return self._json(404, "not found", head)
+        return self._json(503, "the part is not stored yet; try again", head,
+                          b"retry-after: 1\r\ncache-control: no-store\r\n")  # fmt: skip
+
+    def _head_of(self, served: files.ServedObject) -> bytes:
+        fields = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in served.headers.items())
+        return (b"HTTP/1.1 %d %s\r\ndate: " % (served.status, REASONS.get(served.status, b"")) + _date()
+                + b"\r\nserver: tidecast\r\n" + fields + CORS + self._conn_header())  # fmt: skip
 
     @staticmethod
     def _finish_fd(fd: int) -> None:
@@ -362,9 +467,9 @@ class HLSFastPath(asyncio.Protocol):
             self.file_fd = -1
 
 
-def _parse_head(head: bytes) -> tuple[bytes, str, bytes, dict[str, str]] | None:
-    """(method, raw path, version, headers) of a request the fast path serves, or
-    None for anything else (the app's)."""
+def _parse_head(head: bytes) -> tuple[bytes, str, bytes, dict[str, str], str] | None:
+    """(method, raw path, version, headers, raw query) of a request the fast path
+    serves, or None for anything else (the app's)."""
     line, _, rest = head.partition(b"\r\n")
     parts = line.split(b" ")
     if len(parts) != 3:
@@ -385,8 +490,9 @@ def _parse_head(head: bytes) -> tuple[bytes, str, bytes, dict[str, str]] | None:
         or "upgrade" in headers
     ):
         return None
+    path_b, _, query = target.partition(b"?")
     try:
-        path = target.split(b"?", 1)[0].decode("ascii")
+        path = path_b.decode("ascii")
     except UnicodeDecodeError:
         return None
-    return method, path, version, headers
+    return method, path, version, headers, query.decode("latin-1")

@@ -31,8 +31,9 @@ from tidecast.bus.base import Bus, Delivery, Subscription
 from tidecast.bus.consumer import consume, dead_letter_delivery
 from tidecast.db import transient
 from tidecast.db.leases import Fence
-from tidecast.messages import SegmentReady
+from tidecast.messages import PlaylistUpdated, SegmentReady
 from tidecast.metrics import REGISTRY
+from tidecast.origin.blocking import read_playlist
 from tidecast.packager.core import (
     Action,
     FinishRecording,
@@ -54,6 +55,7 @@ log = logging.getLogger("tidecast.packager")
 PublishedHook = Callable[[SegmentReady, float], None]
 STREAM_QUEUE = 10_000  # messages waiting for one stream's task (backpressure past it)
 RECORD_WAIT = 1.0  # seconds a segment waits for its row before it is listed anyway
+NOTIFY_TIMEOUT = 2.0  # seconds a PlaylistUpdated publish may take before it is given up
 
 
 class Leadership(Protocol):
@@ -115,7 +117,7 @@ class Packager:
         self.sup = Supervisor("packager")
         self.refused = refused
         self.sync = PlaylistSync(put or self._plain_put, refused=refused, on_refused=self._refused,
-                                 supervisor=self.sup)  # fmt: skip
+                                 supervisor=self.sup, on_written=self._written)  # fmt: skip
         self.recording = (
             RecordingQueue(recorder, refused=refused, on_refused=self._refused, supervisor=self.sup,
                            transient=transient)
@@ -136,6 +138,12 @@ class Packager:
             "tidecast_packager_failed_messages_total",
             "Messages the packager could not handle (dead-lettered).", ("stream",),
         )  # fmt: skip
+        self._notify_failed = REGISTRY.counter(
+            "tidecast_packager_playlist_notify_failures_total",
+            "PlaylistUpdated notifications that could not be published (origins poll anyway).",
+            ("stream",),
+        )  # fmt: skip
+        self._notify_logged = -1e9
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -297,6 +305,34 @@ class Packager:
         self._floor.pop(a.key, None)
         epoch = self._epoch(stream)
         self.sync.want(stream, a.key, stamp_epoch(a.text, epoch).encode(), epoch)
+
+    def _written(self, stream: str, key: str, data: bytes) -> None:
+        """A live media playlist is stored: tell the origins (blocking requests wait on
+        it). Not durable and not waited for: the write path never waits on the bus."""
+        parsed = keys.parse(key)
+        if parsed is None or parsed.kind != "live_playlist":
+            return
+        try:
+            msn, part, ended = read_playlist(data).position
+            msg = PlaylistUpdated(stream, parsed.rendition, msn, part, ended, time.time())
+        except Exception:  # a bug here must not stop the playlist writes
+            self._notify_failed.inc(stream=stream)
+            log.exception("%s: no PlaylistUpdated for %s", stream, key)
+            return
+        self.sup.run(f"playlist-notify {key}", self._notify(msg))
+
+    async def _notify(self, msg: PlaylistUpdated) -> None:
+        try:
+            async with asyncio.timeout(NOTIFY_TIMEOUT):
+                await self.bus.publish(f"playlist.{msg.stream}", msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a notification: origins poll the store anyway
+            self._notify_failed.inc(stream=msg.stream)
+            now = time.monotonic()
+            if now - self._notify_logged > 30.0:  # at most one line per 30 s while the bus is away
+                self._notify_logged = now
+                log.warning("%s: could not publish PlaylistUpdated for %s: %r", msg.stream, msg.rendition, exc)
 
     def _put_master(self, stream: str, a: PutMaster) -> None:
         st = self.core.streams.get(stream)

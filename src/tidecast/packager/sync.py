@@ -11,6 +11,9 @@ and the stream is then dropped here at once.
 
 A key can name keys that must have been written once before it (``after``): the
 multivariant playlist waits for the media playlists it lists.
+
+``on_written(stream, key, data)`` is called after each successful write (the
+packager tells origins about it); it must not block and must not raise.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tidecast.supervise import Supervisor
 log = logging.getLogger("tidecast.packager.sync")
 
 PutFn = Callable[[str, bytes, int], Awaitable[None]]  # key, data, epoch
+WrittenFn = Callable[[str, str, bytes], None]  # stream, key, data
 DEPENDENCY_WAIT = 10.0  # seconds a key waits for the keys it comes after, then goes anyway
 
 
@@ -55,8 +59,10 @@ class PlaylistSync:
         self, put: PutFn, *, refused: tuple[type[BaseException], ...],
         on_refused: Callable[[str, BaseException], None], supervisor: Supervisor,
         backoff: Backoff | None = None, registry: Registry = REGISTRY,
+        on_written: WrittenFn | None = None,
     ) -> None:  # fmt: skip
         self.put = put
+        self.on_written = on_written
         self.refused = refused
         self.on_refused = on_refused
         self.sup = supervisor
@@ -148,5 +154,7 @@ class PlaylistSync:
             self.stats.writes += 1
             slot.written = version
             self._event(key).set()
+            if self.on_written is not None:
+                self.on_written(slot.stream, key, data)
         if self._slots.get(key) is slot and slot.written >= slot.version:
             del self._slots[key]
