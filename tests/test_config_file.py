@@ -90,3 +90,13 @@ def test_the_banner_names_a_command_that_runs_as_shown(tmp_path: Path) -> None:
     assert own_command(".venv/bin/tidecast", str(tmp_path)) == ".venv/bin/tidecast"
     assert own_command(str(venv_bin / "tidecast"), str(tmp_path / "elsewhere")) == str(venv_bin / "tidecast")
     assert own_command("/some/path/__main__.py", str(tmp_path)) == f"{sys.executable} -m tidecast"
+
+
+def test_part_target_bounds() -> None:
+    assert Settings().part_target == pytest.approx(1 / 3) and Settings().ll_hls
+    for bad in (0.05, 1.5):
+        with pytest.raises(ConfigError, match="part_target"):
+            Settings(part_target=bad)
+    with pytest.raises(ConfigError, match="segment_target / 2"):
+        Settings(segment_target=1.0, part_target=0.6)
+    assert Settings(segment_target=1.0, part_target=0.5).part_target == 0.5

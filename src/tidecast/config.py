@@ -76,6 +76,10 @@ class Settings:
     segment_deadline: float = 0.0
     store_retry_deadline: float = 30.0  # seconds one store operation retries transient errors
     heal: bool = True  # re-encode, at low priority, what live skipped or lost (recordings heal)
+    # low-latency HLS: segments are also cut into parts of about part_target seconds,
+    # transcoded and listed as they come (0.1..1.0 s, at most segment_target / 2)
+    part_target: float = 1 / 3
+    ll_hls: bool = True
 
     def __post_init__(self) -> None:
         for name in ("http_port", "rtmp_port"):
@@ -117,6 +121,10 @@ class Settings:
             raise ConfigError("segment_deadline must be 0 (auto) or segment_target..600 s")
         if not 1 <= self.store_retry_deadline <= 3600:
             raise ConfigError("store_retry_deadline must be 1..3600 s")
+        if not 0.1 <= self.part_target <= 1.0 or self.part_target > self.segment_target / 2:
+            raise ConfigError(
+                f"part_target must be 0.1..1.0 s and at most segment_target / 2, got {self.part_target}"
+            )
         if not self.transcode_lag_threshold > 0:
             raise ConfigError(
                 f"transcode_lag_threshold must be positive, got {self.transcode_lag_threshold}"
@@ -203,6 +211,8 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "segment_deadline": float,
     "store_retry_deadline": float,
     "heal": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "part_target": float,
+    "ll_hls": lambda v: v.lower() in ("1", "true", "yes", "on"),
 }
 
 
