@@ -110,12 +110,14 @@ def test_transcode_stream_args() -> None:
         "-b:v", "3500k", "-minrate", "3500k", "-maxrate", "3500k", "-bufsize", "3500k",
         "-x264-params", "nal-hrd=cbr", "-tune", "zerolatency",
         "-force_key_frames", "expr:eq(n,0)", "-g", "100000", "-sc_threshold", "0",
-        "-fps_mode", "passthrough", "-flush_packets", "1", "-f", "flv", "pipe:7",
+        "-fps_mode", "passthrough", "-enc_time_base", "demux", "-flush_packets", "1",
+        "-f", "flv", "pipe:7",
         "-map", "[v1]", "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline",
         "-b:v", "400k", "-minrate", "400k", "-maxrate", "400k", "-bufsize", "400k",
         "-x264-params", "nal-hrd=cbr", "-tune", "zerolatency",
         "-force_key_frames", "expr:eq(n,0)", "-g", "100000", "-sc_threshold", "0",
-        "-fps_mode", "passthrough", "-flush_packets", "1", "-f", "flv", "pipe:9",
+        "-fps_mode", "passthrough", "-enc_time_base", "demux", "-flush_packets", "1",
+        "-f", "flv", "pipe:9",
     ]  # fmt: skip
 
 

@@ -383,8 +383,9 @@ def transcode_stream_args(
       next one arrives, a part late. FLV carries the avcC and AVCC frames we re-mux into
       CMAF ourselves (``media.fmp4``) on the source's own timeline; its millisecond
       timestamps are exact for sources that came in over RTMP (milliseconds too);
-    - ``-copyts``: frames keep the source's presentation times, so ``from_pts`` selects
-      in source ticks and the output maps back to source frames;
+    - ``-copyts`` and ``-enc_time_base demux``: frames keep the source's presentation
+      times (by default the encoder rounds them to 1/frame rate), so ``from_pts``
+      selects in source ticks and every output frame maps back to its source frame;
     - ``-probesize 32 -analyzeduration 0``: start on the first part, not after 5 s.
 
     The encoder's parameter sets do not depend on where it starts or how fast input
@@ -400,7 +401,8 @@ def transcode_stream_args(
         args += [
             "-map", f"[v{i}]", *x264_cbr_args(rung, preset), "-tune", "zerolatency",
             "-force_key_frames", "expr:eq(n,0)", "-g", "100000", "-sc_threshold", "0",
-            "-fps_mode", "passthrough", "-flush_packets", "1", "-f", "flv", o.target,
+            "-fps_mode", "passthrough", "-enc_time_base", "demux", "-flush_packets", "1",
+            "-f", "flv", o.target,
         ]  # fmt: skip
     return args
 

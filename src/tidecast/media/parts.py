@@ -138,7 +138,9 @@ class SourceTimeline:
         i = bisect.bisect_left(self._pts, ticks - MATCH_TOLERANCE)
         if i < len(self._pts) and abs(self._pts[i] - ticks) <= MATCH_TOLERANCE:
             return self._pts[i]
-        raise MediaError(f"an encoded frame at {ms} ms is no source frame of the segment")
+        near = self._pts[max(0, i - 2) : i + 2]
+        raise MediaError(f"an encoded frame at {ms} ms is no source frame of the segment "
+                         f"(nearest source frames at {[p / MS for p in near]} ms)")  # fmt: skip
 
     def duration(self, pts: int) -> int:
         """How long the frame at ``pts`` is shown: up to the next frame (or the end)."""
