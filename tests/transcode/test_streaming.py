@@ -25,11 +25,13 @@ from tidecast.media import fmp4
 from tidecast.media.aac import parse_asc
 from tidecast.media.frames import AudioConfig, MediaFrame, TrackKind, VideoConfig
 from tidecast.media.h264 import parse_avcc
-from tidecast.messages import Message, PartReady, SegmentReady, TranscodeJob
+from tidecast.messages import Message, PartReady, SegmentReady, TranscodeJob, WorkerPart
 from tidecast.segmenter.service import SegmenterService
 from tidecast.store.local import LocalStore
 from tidecast.transcode.coordinator import TranscodeCoordinator
+from tidecast.transcode.job import JobError
 from tidecast.transcode.ladder import Ladder, parse_ladder
+from tidecast.transcode.stream import Wakeups, run_stream_job
 
 LADDER = parse_ladder("180:300,120:150")
 RUNGS = ("180p", "120p")
@@ -236,3 +238,93 @@ async def test_a_worker_killed_mid_segment_is_resumed_at_the_next_part(
         # the next segment (not interrupted) continues the timeline
         nxt = seg_ready[(rung, 1)]
         assert whole.start + whole.duration == pytest.approx(nxt.start, abs=1e-6)
+
+
+async def stored_source(tmp_path: Path, src: Source) -> tuple[LocalStore, list[TranscodeJob]]:
+    """The segmenter's output for ``src`` in a store (no transcoder running), and its jobs."""
+    store = LocalStore(tmp_path / "store")
+    bus = MemoryBus()
+    jobs = bus.subscribe("job.>")
+    svc = SegmenterService(store, bus, 2.0, Ladder(LADDER), "ultrafast", part_target=0.25)
+    await publish(svc, src, "b1", realtime=False)
+    got = [m for m in await collect(jobs, lambda m: len(m) == 2) if isinstance(m, TranscodeJob)]
+    await svc.aclose()
+    await bus.aclose()
+    return store, got
+
+
+async def test_a_job_for_a_complete_segment_and_one_whose_parts_are_gone(
+    tmp_path: Path, source: Source, ffmpeg_exe: str
+) -> None:
+    """A redelivery (or heal) after the segment is complete reads the stored parts; with
+    the source parts gone, it reads the whole source segment: the same outputs."""
+    store, jobs = await stored_source(tmp_path, source)
+    notes: list[WorkerPart] = []
+
+    async def emit(p: WorkerPart) -> None:
+        notes.append(p)
+
+    reply = await run_stream_job(jobs[0], store, exe=ffmpeg_exe, timeout=60, emit=emit)
+    assert reply.ok and not reply.reused and reply.duration == pytest.approx(2.0, abs=0.05)
+    assert sorted((p.rendition, p.index) for p in notes) == sorted((r, i) for r in RUNGS for i in range(8))
+    first = {o.rendition: await store.get(o.segment_key) for o in reply.outputs}
+    again = await run_stream_job(jobs[0], store, exe=ffmpeg_exe, timeout=60, emit=emit)
+    assert again.reused and again.duration == reply.duration  # the outputs record
+    # the source parts are gone, and so is what the first run stored
+    for key in await store.list(keys.broadcast_prefix(STREAM, "b1")):
+        p = keys.parse(key)
+        if p is not None and (p.kind == "part" or p.kind == "job" or (p.kind == "segment" and p.rendition in RUNGS)):
+            await store.delete(key)
+    notes.clear()
+    reply = await run_stream_job(jobs[0], store, exe=ffmpeg_exe, timeout=60, emit=emit)
+    assert reply.ok and sorted(p.index for p in notes if p.rendition == RUNGS[0]) == list(range(8))
+    for o in reply.outputs:
+        init = await store.get(o.init_key)
+        assert decode(init + await store.get(o.segment_key)) == decode(init + first[o.rendition])
+
+
+async def test_a_source_part_that_never_comes_fails_the_job_at_its_deadline(
+    tmp_path: Path, source: Source, ffmpeg_exe: str
+) -> None:
+    store, jobs = await stored_source(tmp_path, source)
+    # segment 1 stops after its third part: the publisher's node died, say
+    for key in await store.list(keys.rendition_prefix(STREAM, "b1", "source")):
+        p = keys.parse(key)
+        if p is not None and p.sequence == 1 and (p.kind == "segment" or p.index >= 3):
+            await store.delete(key)
+    notes: list[WorkerPart] = []
+
+    async def emit(p: WorkerPart) -> None:
+        notes.append(p)
+
+    t0 = time.monotonic()
+    with pytest.raises(JobError, match="source part 3 .* did not come within 1.5 s"):
+        await run_stream_job(jobs[1], store, exe=ffmpeg_exe, timeout=60, emit=emit, part_wait=1.5)
+    assert 1.5 <= time.monotonic() - t0 < 10
+    # what it could make before is stored and announced (a retry goes on from there)
+    assert sorted(p.index for p in notes if p.rendition == RUNGS[0]) == [0, 1, 2]
+    assert not await store.exists(keys.segment(STREAM, "b1", RUNGS[0], 1))
+
+
+async def test_parts_are_found_without_wakeups(tmp_path: Path, source: Source, ffmpeg_exe: str) -> None:
+    """Every wake-up lost: the worker finds each part by polling the store."""
+    store = LocalStore(tmp_path / "store")
+    bus = MemoryBus()
+    jobs = bus.subscribe("job.>")
+    svc = SegmenterService(store, bus, 2.0, Ladder(LADDER), "ultrafast", part_target=0.25)
+    feeding = asyncio.create_task(publish(svc, source, "b1"))
+    (job,) = [m for m in await collect(jobs, lambda m: len(m) == 1) if isinstance(m, TranscodeJob)]
+    assert not await store.exists(job.source_segment_key)  # the job is out before the segment
+    notes: list[tuple[WorkerPart, bool]] = []
+
+    async def emit(p: WorkerPart) -> None:
+        notes.append((p, await store.exists(job.source_segment_key)))
+
+    reply = await run_stream_job(job, store, exe=ffmpeg_exe, timeout=60, emit=emit, wakeups=Wakeups(), poll=0.05)
+    await feeding
+    await svc.aclose()
+    await bus.aclose()
+    assert reply.ok
+    top = [(p.index, complete) for p, complete in notes if p.rendition == RUNGS[0]]
+    assert [i for i, _ in top] == list(range(8)) and not top[0][1]  # part 0 before the segment was whole
+    assert [p.final for p, _ in notes if p.rendition == RUNGS[0]] == [False] * 7 + [True]
