@@ -134,13 +134,16 @@ def publish_test_pattern_args(p: TestPattern, url: str, exe: str = "ffmpeg") -> 
     ]  # fmt: skip
 
 
-def render_test_pattern_args(p: TestPattern, path: str, exe: str = "ffmpeg") -> list[str]:
-    """ffmpeg rendering a test pattern to a file (FLV/MP4 by extension), as fast as it can."""
+def render_test_pattern_args(
+    p: TestPattern, path: str, exe: str = "ffmpeg", *, zerolatency: bool = False
+) -> list[str]:
+    """ffmpeg rendering a test pattern to a file (FLV/MP4 by extension), as fast as it can
+    (``zerolatency``: without B-frames, as a live encoder tuned for latency sends it)."""
     fast = dataclasses.replace(p, realtime=False)
     return [
         exe, "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
         *test_pattern_input_args(fast),
-        *h264_aac_output_args(fast, zerolatency=False),
+        *h264_aac_output_args(fast, zerolatency=zerolatency),
         path,
     ]  # fmt: skip
 

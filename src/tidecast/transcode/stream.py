@@ -8,7 +8,9 @@ each rung as FLV on its own pipe the moment a frame is encoded. A
 ``media.parts.RenditionCutter`` per rung turns those frames into CMAF parts on the
 source timeline, aligned with the source parts by the boundary rule; each part is
 stored (``keys.part``), then announced to the coordinator (a ``WorkerPart`` line,
-which it publishes as ``PartReady``). When the source segment is complete, every
+which it publishes as ``PartReady``). A part that appears in the store while this
+attempt makes it (another attempt runs at the same time) fails this attempt: the
+retry resumes after the other's parts. When the source segment is complete, every
 rung's whole segment is stored: its parts concatenated behind one ``styp`` (the same
 media), at the same keys as a whole-segment job, then the outputs record.
 
@@ -423,11 +425,11 @@ class _Job:
             for p in cut:
                 key = keys.part(job.stream, job.broadcast, r.rung.name, job.sequence, p.index)
                 data = p.data
-                if await store.exists(key):  # another attempt was faster: keep its part
-                    data = await store.get(key)
-                    log.warning("%s already stored by another attempt; kept", key)
-                else:
-                    await store.put(key, data)
+                if await store.exists(key):
+                    # another attempt runs beside this one (a redelivery): its part stays, and
+                    # ours after it would not follow its pictures; a retry resumes after it
+                    raise JobError(f"{key} was stored meanwhile by another attempt of the job")
+                await store.put(key, data)
                 r.parts[p.index] = data
                 await self.emit(WorkerPart(
                     rendition=r.rung.name, index=p.index, start=p.start / fmp4.VIDEO_TIMESCALE,
