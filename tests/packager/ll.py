@@ -6,6 +6,8 @@ from typing import Any
 
 import m3u8
 
+from tidecast.origin.blocking import Directives, decide, delta_update, read_playlist
+
 SEGMENT_TAGS = ("#EXT-X-DISCONTINUITY", "#EXT-X-MAP:", "#EXT-X-PROGRAM-DATE-TIME:")
 
 
@@ -19,6 +21,16 @@ def in_progress(pl: m3u8.M3U8) -> list[Any]:
     """The parts listed after the last complete segment."""
     last = pl.segments[-1] if pl.segments else None
     return list(last.parts) if last is not None and not last.uri else []
+
+
+def delta(full: str) -> str:
+    """The Playlist Delta Update an origin answers ``_HLS_skip=YES`` with, from the
+    stored full playlist ``full`` (the playlist as it is when nothing may be skipped)."""
+    state = read_playlist(full.encode())
+    if not decide(state, Directives(skip="YES")).skip:
+        return full
+    assert state.can_skip_until is not None
+    return delta_update(full.encode(), state.can_skip_until).decode()
 
 
 def check_ll(text: str, *, live: bool = True) -> m3u8.M3U8:

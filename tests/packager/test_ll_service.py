@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 
 import m3u8
-from tests.packager.ll import check_ll, complete, hint, in_progress
+from tests.packager.ll import check_ll, complete, delta, hint, in_progress
 from tests.packager.test_packager_core_ll import PARTS, prt, seg
 
 from tidecast.bus.memory import MemoryBus
 from tidecast.messages import BroadcastStarted
-from tidecast.packager.hls import delta_update
 from tidecast.packager.service import Packager
 from tidecast.store.local import LocalStore
 
@@ -52,6 +51,6 @@ async def test_parts_reach_the_stored_playlist_as_they_come(tmp_path: Path) -> N
         assert len(complete(pl)) == 4 and hint(pl) == f"{B}/720p/000004.0.m4s"
         assert [bool(s.parts) for s in complete(pl)] == [False, True, True, True]
         # an origin answers _HLS_skip from the stored text (nothing old enough yet here)
-        assert m3u8.loads(delta_update(text)).segments[-1].uri == f"{B}/720p/000003.m4s"
+        assert m3u8.loads(delta(text)).segments[-1].uri == f"{B}/720p/000003.m4s"
     finally:
         await p.aclose()

@@ -651,7 +651,7 @@ class PackagerCore:
         grew = False
         for i in range(have, later[0]):
             missing = replace(after, index=i, start=start + (i - have) * each, duration=each, size=0,
-                              key=part_key(st.name, broadcast, r.name, nxt, i),
+                              key=keys.part(st.name, broadcast, r.name, nxt, i),
                               independent=False, final=False)  # fmt: skip
             g = self._list_part(st, r, tl, missing, gap=True)
             if g is None:
@@ -703,7 +703,7 @@ class PackagerCore:
         seq, index = (nxt + 1, 0) if have and r.parts_listed[-1].final else (nxt, have)
         if (b, seq) in r.parts_whole or (tl.segments is not None and seq >= tl.segments):
             return None
-        return keys.relative(part_key(st.name, b, r.name, seq, index), keys.stream_prefix(st.name))
+        return keys.relative(keys.part(st.name, b, r.name, seq, index), keys.stream_prefix(st.name))
 
     # -------------------------------------------------------------- deadlines
     def _apply_deadlines(self, st: StreamState, now: float, out: list[Action]) -> None:
@@ -884,14 +884,9 @@ def _check(msg: SegmentReady) -> None:
         raise BadSegment(f"segment {msg.sequence} with duration {msg.duration} and size {msg.size}")
 
 
-def part_key(stream: str, broadcast: str, rendition: str, sequence: int, index: int) -> str:
-    """The store key of one part: ``<sequence:06d>.<index>.m4s`` beside its segment."""
-    return keys.segment(stream, broadcast, rendition, sequence).removesuffix(".m4s") + f".{index}.m4s"
-
-
 def _check_part(msg: PartReady) -> None:
     """A part, like a segment, names the stream's own objects at the place it claims."""
-    if msg.key != part_key(msg.stream, msg.broadcast, msg.rendition, max(msg.sequence, 0), max(msg.index, 0)):
+    if msg.key != keys.part(msg.stream, msg.broadcast, msg.rendition, max(msg.sequence, 0), max(msg.index, 0)):
         raise BadSegment(f"part key {msg.key!r} is not part {msg.index} of {msg.rendition} #{msg.sequence} "
                          f"of {msg.stream}/{msg.broadcast}")  # fmt: skip
     if msg.init_key:

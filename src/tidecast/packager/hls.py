@@ -224,21 +224,9 @@ class MediaPlaylist:
         """CAN-SKIP-UNTIL, the Skip Boundary: 6 target durations, the least allowed."""
         return SKIP_TARGETS * self.target_duration
 
-    def skippable(self) -> int:
-        """How many of the oldest segments a delta update replaces: those that end further
-        from the end of the last complete segment than the Skip Boundary (8216bis 6.2.5.1)."""
-        if not self.low_latency or self.ended:
-            return 0  # 6.2.5.1: _HLS_skip is ignored without CAN-SKIP-UNTIL or with ENDLIST
-        after, n = 0.0, 0
-        for i in range(len(self.segments) - 1, -1, -1):
-            if after > self.skip_until + 1e-6:
-                n = i + 1
-                break
-            after += self.segments[i].duration
-        return n
-
-    def render(self, skip: bool = False) -> str:
-        """The playlist; ``skip``: the Playlist Delta Update (``_HLS_skip=YES``)."""
+    def render(self) -> str:
+        """The playlist (its Playlist Delta Updates are cut from the stored text by the
+        origin: ``origin.blocking.delta_update``)."""
         ll = self.low_latency
         parts = ll and self.part_target is not None
         lines = [
@@ -264,12 +252,6 @@ class MediaPlaylist:
                 assert self.part_target is not None
                 lines.append(f"#EXT-X-PART-INF:PART-TARGET={ceil_ms(self.part_target):.3f}")
         listed = list(self.segments)
-        skipped = self.skippable() if skip else 0
-        if skipped:
-            # the skipped segments take their own tags along; EXT-X-MAP applies to the
-            # ones after them as well, so it is repeated below, before the first listed
-            lines.append(f"#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}")
-            listed = listed[skipped:]
         if parts and self.in_progress is not None:
             listed.append(self.in_progress)
         current_map = None
@@ -388,12 +370,6 @@ def parse_media_playlist(text: str, window: int, target_duration: float) -> Medi
         pl.in_progress = PlaylistSegment(msn, "", sum(p.duration for p in parts), init, pdt, disc,
                                          parts=tuple(parts))  # fmt: skip
     return pl
-
-
-def delta_update(text: str) -> str:
-    """The Playlist Delta Update (``_HLS_skip=YES``) of a stored live media playlist."""
-    pl = parse_media_playlist(text, window=max(3, text.count("\n#EXTINF:")), target_duration=1)
-    return pl.render(skip=True)
 
 
 @dataclass(frozen=True, slots=True)
