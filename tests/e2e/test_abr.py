@@ -23,6 +23,7 @@ from tests.e2e.media_check import (
     assert_video_continuous,
     fetch_segments,
 )
+from tests.e2e.watch import whole_playlist
 from tidecast import ffmpeg
 from tidecast.transcode.ladder import DEFAULT_LADDER
 
@@ -54,12 +55,12 @@ def ended_playlists(server: TidecastServer, name: str, timeout: float = 90) -> t
         r = httpx.get(f"{base}/master.m3u8")
         if r.status_code != 200:
             return False
-        master = m3u8.loads(r.text)
+        master = whole_playlist(r.text)
         return all("#EXT-X-ENDLIST" in httpx.get(f"{base}/{p.uri}").text for p in master.playlists)
 
     wait_for(all_ended, timeout, interval=0.5, what="every rendition playlist to end")
-    master = m3u8.loads(httpx.get(f"{base}/master.m3u8").text)
-    return master, {p.uri.removesuffix(".m3u8"): m3u8.loads(httpx.get(f"{base}/{p.uri}").text) for p in master.playlists}
+    master = whole_playlist(httpx.get(f"{base}/master.m3u8").text)
+    return master, {p.uri.removesuffix(".m3u8"): whole_playlist(httpx.get(f"{base}/{p.uri}").text) for p in master.playlists}
 
 
 def check_rendition(server: TidecastServer, name: str, rendition: str, pl: m3u8.M3U8, *, height: int, kbps: int) -> list[SegmentReport]:
@@ -117,7 +118,7 @@ def test_1080p_source_gets_every_fitting_rung(media: Path, tmp_path: Path) -> No
         master, playlists = ended_playlists(server, "abr")
         expected = [r for r in DEFAULT_LADDER if r.height <= 1080]
         assert sorted(playlists) == sorted(r.name for r in expected)
-        audio = m3u8.loads(httpx.get(f"{server.http}/hls/abr/audio.m3u8").text)
+        audio = whole_playlist(httpx.get(f"{server.http}/hls/abr/audio.m3u8").text)
         audio_reports = check_audio(server, "abr", audio)
         assert master.media[0].type == "AUDIO" and master.media[0].uri == "audio.m3u8"
         by_uri = {p.uri: p for p in master.playlists}
@@ -164,7 +165,7 @@ def test_out_of_order_and_killed_worker_lose_nothing(media: Path, tmp_path: Path
         assert pub.wait(timeout=60) == 0
         master, playlists = ended_playlists(server, "chaos")
         assert sorted(playlists) == ["360p", "720p"]
-        audio = check_audio(server, "chaos", m3u8.loads(httpx.get(f"{server.http}/hls/chaos/audio.m3u8").text))
+        audio = check_audio(server, "chaos", whole_playlist(httpx.get(f"{server.http}/hls/chaos/audio.m3u8").text))
         for name, height, kbps in (("720p", 720, 2000), ("360p", 360, 700)):
             check_sync(check_rendition(server, "chaos", name, playlists[name], height=height, kbps=kbps), audio)
         status = httpx.get(f"{server.http}/api/v1/transcode").json()

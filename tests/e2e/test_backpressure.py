@@ -15,7 +15,7 @@ import m3u8
 import pytest
 
 from tests.conftest import start_server, wait_for
-from tests.e2e.watch import PlaylistWatcher
+from tests.e2e.watch import PlaylistWatcher, whole_playlist
 from tidecast import ffmpeg
 
 pytestmark = [pytest.mark.e2e, pytest.mark.heavy]
@@ -60,7 +60,7 @@ def test_lagging_transcode_skips_the_top_rung(tmp_path: Path, ffmpeg_exe: str) -
         wait_for(ended, 20, interval=0.3, what="every playlist to end")
         watcher.finish()
         assert not watcher.problems, watcher.problems
-        pls = {r: m3u8.loads(httpx.get(f"{base}/{r}.m3u8").text) for r in ("240p", "144p", "audio")}
+        pls = {r: whole_playlist(httpx.get(f"{base}/{r}.m3u8").text) for r in ("240p", "144p", "audio")}
         seqs = sequences(pls["144p"])
         assert len(seqs) >= 5 and seqs == list(range(len(seqs))), seqs
         for name, pl in pls.items():  # one timeline: segment N is N in every rendition
@@ -73,7 +73,7 @@ def test_lagging_transcode_skips_the_top_rung(tmp_path: Path, ffmpeg_exe: str) -
 
         # the recording heals: live skipped 240p, a heal job encodes it afterwards
         def healed() -> bool:
-            return gaps(m3u8.loads(httpx.get(f"{base}/240p.m3u8").text)) == []
+            return gaps(whole_playlist(httpx.get(f"{base}/240p.m3u8").text)) == []
 
         wait_for(healed, 60, interval=0.5, what=f"the skipped segments to heal\n{server.log()[-3000:]}")
         bid = httpx.get(f"{server.http}/api/v1/broadcasts?stream=bp").json()[0]["id"]
@@ -86,8 +86,8 @@ def test_lagging_transcode_skips_the_top_rung(tmp_path: Path, ffmpeg_exe: str) -
         b = httpx.get(f"{server.http}/api/v1/broadcasts/{bid}").json()
         assert sorted(s["sequence"] for s in b["healed_segments"] if s["rendition"] == "240p") == top_gaps
         vod = httpx.get(f"{server.http}/hls/bp/{bid}/240p.m3u8").text
-        assert "#EXT-X-GAP" not in vod and len(m3u8.loads(vod).segments) == len(seqs)
-        master = m3u8.loads(httpx.get(f"{base}/master.m3u8").text)
+        assert "#EXT-X-GAP" not in vod and len(whole_playlist(vod).segments) == len(seqs)
+        master = whole_playlist(httpx.get(f"{base}/master.m3u8").text)
         assert sorted(v.uri for v in master.playlists) == ["144p.m3u8", "240p.m3u8"]
 
         r = httpx.get(f"{server.http}/metrics")

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import TidecastServer, start_server, wait_for
 from tests.e2e.media_check import decode_segment
+from tests.e2e.watch import whole_playlist
 from tidecast import ffmpeg
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +32,7 @@ def broadcasts(server: TidecastServer, stream: str) -> list[dict[str, object]]:
 
 def vod_media(server: TidecastServer, b: dict[str, object], rendition: str = "source") -> m3u8.M3U8:
     base = str(b["hls_url"]).rsplit("/", 1)[0]
-    return m3u8.loads(httpx.get(f"{server.http}{base}/{rendition}.m3u8").text)
+    return whole_playlist(httpx.get(f"{server.http}{base}/{rendition}.m3u8").text)
 
 
 def test_reconnect_inside_and_after_the_grace_period(tmp_path: Path, ffmpeg_exe: str) -> None:
@@ -72,9 +73,9 @@ def test_sigkill_mid_broadcast_then_restart(tmp_path: Path, ffmpeg_exe: str) -> 
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         url = f"{server.http}/hls/crash/source.m3u8"
-        wait_for(lambda: httpx.get(url).status_code == 200 and len(m3u8.loads(httpx.get(url).text).segments) >= 4,
+        wait_for(lambda: httpx.get(url).status_code == 200 and len(whole_playlist(httpx.get(url).text).segments) >= 4,
                  30, what="four live segments")  # fmt: skip
-        listed = [s.uri for s in m3u8.loads(httpx.get(url).text).segments]
+        listed = [s.uri for s in whole_playlist(httpx.get(url).text).segments]
         server.stop(signal.SIGKILL)
     finally:
         pub.kill()

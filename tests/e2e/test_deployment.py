@@ -31,7 +31,7 @@ from tests.conftest import wait_for
 from tests.e2e.deployment import Deployment, active_packager
 from tests.e2e.media_check import decode_segment
 from tests.e2e.test_abr import FPS
-from tests.e2e.watch import PlaylistWatcher, seq_of
+from tests.e2e.watch import PlaylistWatcher, seq_of, whole_playlist
 from tests.faultproxy import FaultProxy
 from tests.services import NatsServer, pg_database, s3_server
 from tidecast import ffmpeg
@@ -233,7 +233,7 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
             assert not watcher.problems, watcher.problems[:10]
             counts = set()
             for r in RENDITIONS:
-                pl = m3u8.loads(httpx.get(f"{base}/{r}.m3u8").text)
+                pl = whole_playlist(httpx.get(f"{base}/{r}.m3u8").text)
                 seqs = [seq_of(s.uri) for s in pl.segments]
                 assert seqs == list(range(len(seqs))), f"{r}: {seqs}"
                 assert "#EXT-X-GAP" not in httpx.get(f"{base}/{r}.m3u8").text, f"{r} has gaps"
@@ -244,7 +244,7 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
             assert "took over broadcast" in text_log and "reconnected" in text_log
 
             # the edge caches segments (HIT) and keeps serving with one origin stopped
-            pl = m3u8.loads(httpx.get(f"{d.edge}/hls/chaos/720p.m3u8").text)
+            pl = whole_playlist(httpx.get(f"{d.edge}/hls/chaos/720p.m3u8").text)
             seg_url = f"{d.edge}/hls/chaos/{pl.segments[3].uri}"
             httpx.get(seg_url)
             assert httpx.get(seg_url).headers.get("x-cache-status") == "HIT"

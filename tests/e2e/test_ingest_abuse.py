@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterator
 
 import httpx
-import m3u8
 import pytest
 
 from tests.conftest import TidecastServer, start_server, wait_for
+from tests.e2e.watch import whole_playlist
 from tidecast import ffmpeg
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +32,7 @@ def playlist_length(server: TidecastServer, name: str) -> int:
     r = httpx.get(f"{server.http}/hls/{name}/source.m3u8")
     if r.status_code != 200:
         return -1
-    pl = m3u8.loads(r.text)
+    pl = whole_playlist(r.text)
     return pl.media_sequence + len(pl.segments)
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import m3u8
 import pytest
 
 from tests.conftest import TidecastServer, start_server, wait_for
 from tests.e2e.test_ingest_abuse import playlist_length, publish_pattern
+from tests.e2e.watch import whole_playlist
 from tests.ingest.rtmp.rtmpclient import Client, Reply, avc_nalu, avc_sequence_header
 
 pytestmark = pytest.mark.e2e
@@ -97,7 +97,7 @@ class PlaylistWatch:
         r = httpx.get(self.url, timeout=5)
         assert r.status_code == 200, r.status_code
         self.gaps += r.text.count("#EXT-X-GAP")
-        pl = m3u8.loads(r.text)
+        pl = whole_playlist(r.text)
         for i, seg in enumerate(pl.segments):
             self.seen.setdefault(pl.media_sequence + i, str(seg.uri))
 

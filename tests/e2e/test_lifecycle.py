@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import start_server, wait_for
 from tests.e2e.media_check import decode_segment
+from tests.e2e.watch import whole_playlist
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +39,7 @@ def ffmpeg_children_of(pid: int) -> list[int]:
 
 def media_playlist(http: str, name: str) -> m3u8.M3U8 | None:
     r = httpx.get(f"{http}/hls/{name}/source.m3u8")
-    return m3u8.loads(r.text) if r.status_code == 200 else None
+    return whole_playlist(r.text) if r.status_code == 200 else None
 
 
 def test_ctrl_c_while_live(tmp_path: Path) -> None:
@@ -60,7 +61,7 @@ def test_ctrl_c_while_live(tmp_path: Path) -> None:
         assert "shutting down" in log and "server shutdown" in log
         # the last, partial segment was finished, stored and listed; the playlist ended
         text = (server.data_dir / "media/hls/life/source.m3u8").read_text()
-        pl = m3u8.loads(text)
+        pl = whole_playlist(text)
         assert pl.is_endlist
         assert len(pl.segments) > listed_before
         last = pl.segments[-1]

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import m3u8
 import pytest
 
 from tests.conftest import TidecastServer, start_server, wait_for
 from tests.e2e.media_check import assert_audio_continuous, assert_video_continuous, fetch_segments
+from tests.e2e.watch import whole_playlist
 from tidecast import ffmpeg
 
 pytestmark = pytest.mark.e2e
@@ -99,7 +99,7 @@ def test_playlists_parse_and_follow_rfc8216(live: LiveRun) -> None:
     live.ensure_publishing()
     base = f"{live.server.http}/hls/e2e"
     wait_for(lambda: httpx.get(f"{base}/master.m3u8").status_code == 200, 15, what="master playlist")
-    master = m3u8.loads(httpx.get(f"{base}/master.m3u8").text, uri=f"{base}/master.m3u8")
+    master = whole_playlist(httpx.get(f"{base}/master.m3u8").text, uri=f"{base}/master.m3u8")
     assert master.is_variant and len(master.playlists) == 1
     info = master.playlists[0].stream_info
     assert info.resolution == (1920, 1080)
@@ -110,7 +110,7 @@ def test_playlists_parse_and_follow_rfc8216(live: LiveRun) -> None:
     for _ in range(4):
         r = httpx.get(media_url)
         assert r.headers["content-type"] == "application/vnd.apple.mpegurl"
-        pl = m3u8.loads(r.text, uri=media_url)
+        pl = whole_playlist(r.text, uri=media_url)
         assert pl.version is not None and pl.version >= 6
         assert pl.segment_map and pl.segment_map[0].uri
         for seg in pl.segments:
@@ -128,7 +128,7 @@ def test_every_segment_is_complete_and_continuous(live: LiveRun) -> None:
     base = f"{live.server.http}/hls/e2e"
     media_url = f"{base}/source.m3u8"
     wait_for(lambda: "#EXT-X-ENDLIST" in httpx.get(media_url).text, 15, what="EXT-X-ENDLIST")
-    pl = m3u8.loads(httpx.get(media_url).text, uri=media_url)
+    pl = whole_playlist(httpx.get(media_url).text, uri=media_url)
     assert pl.media_sequence == 0, "the 20-segment window holds the whole broadcast"
     fetched = fetch_segments(base, pl)
     reports = [(seg, rep) for seg, _, rep in fetched]

@@ -9,12 +9,12 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import m3u8
 import pytest
 import websockets.sync.client as ws_client
 
 from tests.bus.test_bus_contract import NATS_URL, ensure_nats
 from tests.conftest import start_server, wait_for
+from tests.e2e.watch import whole_playlist
 from tests.services import drop_nats_namespace
 from tidecast import ffmpeg
 
@@ -41,7 +41,7 @@ def test_pipeline_and_chat_over_nats(tmp_path: Path, ffmpeg_exe: str) -> None:
         assert pub.wait(timeout=40) == 0
         wait_for(lambda: httpx.get(f"{server.http}/api/v1/broadcasts").json()[0]["vod"], 30, what="VOD")
         for rendition in ("240p", "144p", "audio"):
-            pl = m3u8.loads(httpx.get(f"{server.http}/hls/nb/{rendition}.m3u8").text)
+            pl = whole_playlist(httpx.get(f"{server.http}/hls/nb/{rendition}.m3u8").text)
             seqs = [int(s.uri.rsplit("/", 1)[1].split(".")[0]) for s in pl.segments]
             assert pl.is_endlist and seqs == list(range(len(seqs))) and len(seqs) >= 4, (rendition, seqs)
         assert "bus on NATS" in server.log()

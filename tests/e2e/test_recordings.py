@@ -12,11 +12,11 @@ from pathlib import Path
 
 import av
 import httpx
-import m3u8
 import pytest
 
 from tests.conftest import TidecastServer, start_server, wait_for
 from tests.e2e.test_abr import publish_file, render
+from tests.e2e.watch import whole_playlist
 
 pytestmark = [pytest.mark.e2e]
 SECONDS = 40
@@ -92,11 +92,11 @@ def test_vod_duration_and_playlists(run: Run) -> None:
     b = run.vod()
     assert abs(float(b["duration"]) - SECONDS) <= 2.0, b  # type: ignore[arg-type]
     assert b["ended_at"] and b["parts"] == 1 and set(b["renditions"]) == {"360p", "240p", "audio"}  # type: ignore[arg-type]
-    master = m3u8.loads(httpx.get(f"{run.server.http}{b['hls_url']}").text)
+    master = whole_playlist(httpx.get(f"{run.server.http}{b['hls_url']}").text)
     assert {p.uri for p in master.playlists} == {"360p.m3u8", "240p.m3u8"}
     base = str(b["hls_url"]).rsplit("/", 1)[0]
     for p in master.playlists:
-        pl = m3u8.loads(httpx.get(f"{run.server.http}{base}/{p.uri}").text)
+        pl = whole_playlist(httpx.get(f"{run.server.http}{base}/{p.uri}").text)
         assert pl.playlist_type == "vod" and pl.is_endlist
         assert abs(sum(s.duration for s in pl.segments) - SECONDS) <= 2.0
     poster = httpx.get(f"{run.server.http}{b['poster_url']}")
@@ -166,7 +166,7 @@ def test_clip_plays_on_its_own(run: Run) -> None:
     clip = r.json()
     assert abs(clip["duration"] - 6) <= 2.0
     assert clip["id"] in [c["id"] for c in httpx.get(api).json()]
-    pl = m3u8.loads(httpx.get(f"{run.server.http}{clip['hls_url'].replace('master', '360p')}").text)
+    pl = whole_playlist(httpx.get(f"{run.server.http}{clip['hls_url'].replace('master', '360p')}").text)
     assert pl.is_endlist and abs(sum(s.duration for s in pl.segments) - clip["duration"]) < 0.01
     with chromium_page() as page:
         page.goto(f"{run.server.http}{clip['page_url']}")

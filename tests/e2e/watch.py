@@ -9,6 +9,16 @@ import httpx
 import m3u8
 
 
+def whole_playlist(text: str, uri: str | None = None) -> m3u8.M3U8:
+    """A media playlist as a player that ignores LL-HLS parts sees it: its complete
+    segments. (The m3u8 library puts the parts of the segment in progress, and the
+    program date of that segment, in a last segment without a URI.)"""
+    pl = m3u8.loads(text, uri=uri)
+    while pl.segments and not pl.segments[-1].uri:
+        pl.segments.pop()
+    return pl
+
+
 def seq_of(uri: str) -> int:
     return int(uri.rsplit("/", 1)[1].split(".")[0])
 
@@ -51,7 +61,7 @@ class PlaylistWatcher(threading.Thread):
                 if resp.status_code != 200:
                     self.failed_fetches += resp.status_code != 404
                     continue
-                self._check(client, base, r, m3u8.loads(resp.text))
+                self._check(client, base, r, whole_playlist(resp.text))
             self.polls += 1
             time.sleep(self.interval)
         client.close()
