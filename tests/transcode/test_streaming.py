@@ -25,6 +25,7 @@ from tidecast.media import fmp4
 from tidecast.media.aac import parse_asc
 from tidecast.media.frames import AudioConfig, MediaFrame, TrackKind, VideoConfig
 from tidecast.media.h264 import parse_avcc
+from tidecast.media.parts import boundary
 from tidecast.messages import Message, PartReady, SegmentReady, TranscodeJob, WorkerPart
 from tidecast.segmenter.service import SegmenterService
 from tidecast.store.local import LocalStore
@@ -328,3 +329,45 @@ async def test_parts_are_found_without_wakeups(tmp_path: Path, source: Source, f
     top = [(p.index, complete) for p, complete in notes if p.rendition == RUNGS[0]]
     assert [i for i, _ in top] == list(range(8)) and not top[0][1]  # part 0 before the segment was whole
     assert [p.final for p, _ in notes if p.rendition == RUNGS[0]] == [False] * 7 + [True]
+
+
+async def test_an_encoder_that_ends_early_leaves_no_short_part(
+    tmp_path: Path, source: Source, ffmpeg_exe: str
+) -> None:
+    """ffmpeg that stops short of the segment's end (its input cut off here; SIGKILLed
+    live) fails the job and stores no part it did not finish: a stored part is never
+    rewritten, so a short one would be a hole in the stream for good."""
+    store, jobs = await stored_source(tmp_path, source)
+    source_bytes = 0
+    for k in await store.list(keys.broadcast_prefix(STREAM, "b1")):
+        p = keys.parse(k)
+        if p is not None and p.kind == "part" and p.rendition == "source" and p.sequence == 0:
+            source_bytes += len(await store.get(k))
+    wrapper = tmp_path / "ffmpeg-cut-short"
+    wrapper.write_text(f"#!/bin/sh\nhead -c {source_bytes * 2 // 3} | exec {ffmpeg_exe} \"$@\"\n")
+    wrapper.chmod(0o755)
+
+    async def emit(p: WorkerPart) -> None:
+        pass  # what is stored is checked below
+
+    with pytest.raises(JobError, match="short of the end of part"):
+        await run_stream_job(jobs[0], store, exe=str(wrapper), timeout=60, emit=emit)
+    ticks = source_pts(source, 0, 1 << 62)
+    start = ticks[0]
+    stored = 0
+    for r in RUNGS:
+        for i in range(8):
+            key = keys.part(STREAM, "b1", r, 0, i)
+            if not await store.exists(key):
+                continue
+            stored += 1
+            want = source_pts(source, boundary(i, start, 0.25), boundary(i + 1, start, 0.25))
+            got = fmp4.read_samples(await store.get(key))[fmp4.VIDEO_TRACK]  # no B-frames: dts = pts
+            assert [smp.dts for smp in got] == want, key
+    assert stored >= 2  # it got some way before its input ran out
+    # the retry (the real ffmpeg) completes the segment from the first part not stored
+    reply = await run_stream_job(jobs[0], store, exe=ffmpeg_exe, timeout=60, emit=emit)
+    assert reply.ok
+    for o in reply.outputs:
+        init = await store.get(o.init_key)
+        assert [t for t, _ in decode(init + await store.get(o.segment_key))] == ticks[: len(ticks) // 2]

@@ -215,6 +215,10 @@ class RenditionCutter:
             return []
         if not self.timeline.ended:
             raise MediaError("the encoder stopped before the end of the source segment")
+        want = self.timeline.count(self.next_part)
+        if len(self._pending) < want:  # a part once stored is never rewritten: never a short one
+            raise MediaError(f"the encoder stopped {want - len(self._pending)} frame(s) short of "
+                             f"the end of part {self.next_part}")  # fmt: skip
         return [self._cut()]
 
     def _cut(self) -> CutPart:

@@ -350,6 +350,8 @@ class _Job:
             if rc != 0:
                 tail = "\n".join(proc.stderr_tail[-10:])
                 raise JobError(f"transcode {job.stream}#{job.sequence} exited with {rc}:\n{tail}")
+            for r in todo:
+                await self._finish_parts(r)
         finally:
             for t in readers:
                 t.cancel()
@@ -390,12 +392,21 @@ class _Job:
                     await self._cut(r, cut)
             try:
                 flv.end()
-                cut = r.cutter.finish()
             except MediaError as exc:
                 raise JobError(f"{r.rung.name}: {exc}") from exc
-            await self._cut(r, cut)
+            # the last part waits for ffmpeg's exit code (``_finish_parts``): an encoder that
+            # was killed also ends its output, and what it left is not the whole part
         finally:
             transport.close()
+
+    async def _finish_parts(self, r: _Rung) -> None:
+        """The rung's last part, once ffmpeg ended well."""
+        assert r.cutter is not None
+        try:
+            cut = r.cutter.finish()
+        except MediaError as exc:
+            raise JobError(f"{r.rung.name}: {exc}") from exc
+        await self._cut(r, cut)
 
     async def _init(self, r: _Rung, avcc: bytes) -> None:
         job, store = self.job, self.store
