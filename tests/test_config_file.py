@@ -50,6 +50,12 @@ def test_bad_config_files_are_refused_clearly(tmp_path: Path, text: str, message
 
 def test_low_latency_settings(tmp_path: Path) -> None:
     assert not Settings().ll_hls and Settings().part_target == pytest.approx(1 / 3)
+    for bad in (0.05, 1.5):
+        with pytest.raises(ConfigError, match="part_target"):
+            Settings(part_target=bad)
+    with pytest.raises(ConfigError, match="at most half of segment_target"):
+        Settings(segment_target=1.0, part_target=0.6)
+    assert Settings(segment_target=1.0, part_target=0.5).part_target == 0.5
     conf = tmp_path / "t.toml"
     conf.write_text("ll_hls = false\npart_target = 0.5\n")
     s = from_file(conf)

@@ -92,3 +92,38 @@ def test_publish_file_args() -> None:
         "ff", "-hide_banner", "-nostdin", "-loglevel", "warning", "-stream_loop", "2",
         "-i", "in.mp4", "-c", "copy", "-f", "flv", "rtmp://h/live/k",
     ]  # fmt: skip
+
+
+def test_transcode_stream_args() -> None:
+    outs = [
+        ffmpeg.StreamRungOutput(1280, 720, 3500, "main", "pipe:7"),
+        ffmpeg.StreamRungOutput(426, 240, 400, "baseline", "pipe:9", from_pts=1_091_700),
+    ]
+    assert ffmpeg.transcode_stream_args(outs, "veryfast", exe="ff") == [
+        "ff", "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
+        "-threads", "1", "-probesize", "32", "-analyzeduration", "0", "-copyts",
+        "-f", "mp4", "-i", "pipe:0",
+        "-filter_complex",
+        "[0:v]split=2[s0][s1];[s0]scale=1280:720:flags=bicubic,format=yuv420p[v0];"
+        "[s1]select=gte(pts\\,1091700),scale=426:240:flags=bicubic,format=yuv420p[v1]",
+        "-map", "[v0]", "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main",
+        "-b:v", "3500k", "-minrate", "3500k", "-maxrate", "3500k", "-bufsize", "3500k",
+        "-x264-params", "nal-hrd=cbr", "-tune", "zerolatency",
+        "-force_key_frames", "expr:eq(n,0)", "-g", "100000", "-sc_threshold", "0",
+        "-fps_mode", "passthrough", "-enc_time_base", "demux", "-flush_packets", "1",
+        "-f", "flv", "pipe:7",
+        "-map", "[v1]", "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "baseline",
+        "-b:v", "400k", "-minrate", "400k", "-maxrate", "400k", "-bufsize", "400k",
+        "-x264-params", "nal-hrd=cbr", "-tune", "zerolatency",
+        "-force_key_frames", "expr:eq(n,0)", "-g", "100000", "-sc_threshold", "0",
+        "-fps_mode", "passthrough", "-enc_time_base", "demux", "-flush_packets", "1",
+        "-f", "flv", "pipe:9",
+    ]  # fmt: skip
+
+
+def test_transcode_stream_single_rung_from_a_boundary() -> None:
+    args = ffmpeg.transcode_stream_args(
+        [ffmpeg.StreamRungOutput(854, 480, 1200, "main", "pipe:5", from_pts=90)], "fast", exe="ff"
+    )
+    graph = args[args.index("-filter_complex") + 1]
+    assert graph == "[0:v]select=gte(pts\\,90),scale=854:480:flags=bicubic,format=yuv420p[v0]"

@@ -156,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--fps", type=int, default=30)
     tc.add_argument("--workers", type=int, default=0, help="0 = one per core")
     tc.add_argument("--preset", default="veryfast")
+    tc.add_argument("--runs", type=int, default=3, help="runs of each side, interleaved")
+    tc.add_argument("--ll-hls", choices=("on", "off"), default="on",
+                    help="the pipeline's jobs: LL-HLS parts (on) or whole segments (off)")  # fmt: skip
+    tc.add_argument("--realtime", action="store_true",
+                    help="publish at the source's pace and report part latencies instead")  # fmt: skip
+    tc.add_argument("--bframes", action="store_true",
+                    help="with --realtime: a source with B-frames (x264 defaults)")  # fmt: skip
     ch = bsub.add_parser("chat", help="one busy chat room vs a bare websockets.broadcast relay")
     ch.add_argument("--clients", type=int, default=2000)
     ch.add_argument("--rate", type=float, default=10, help="messages per second")

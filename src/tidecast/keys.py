@@ -10,7 +10,9 @@ Every object of a stream lives under ``hls/<stream>/``::
     hls/<stream>/<broadcast>/<rendition>/init-p<part>g<generation>.mp4   segmenter init
     hls/<stream>/<broadcast>/<rendition>/init-<hash>.mp4                 transcoder init
     hls/<stream>/<broadcast>/<rendition>/<sequence:06d>.m4s              media segment
+    hls/<stream>/<broadcast>/<rendition>/<sequence:06d>.<index>.m4s      LL-HLS part of it
     hls/<stream>/<broadcast>/jobs/<sequence:06d>-<rungs hash>.json       transcode job outputs
+    hls/<stream>/<broadcast>/jobs/<sequence:06d>-r-<rendition>.json      a rendition's encode
     hls/<stream>/<broadcast>/clips/<clip>/...                            a clip's playlists
 
 The origin serves ``hls/...`` at ``/hls/...``; playlists name their objects
@@ -28,6 +30,7 @@ ROOT = "hls"
 MASTER = "master"
 
 _SEGMENT = re.compile(r"^(\d{6,})\.m4s$")
+_PART = re.compile(r"^(\d{6,})\.(\d+)\.m4s$")
 
 
 def stream_prefix(stream: str) -> str:
@@ -82,6 +85,17 @@ def segment(stream: str, broadcast: str, rendition: str, sequence: int) -> str:
     return f"{rendition_prefix(stream, broadcast, rendition)}/{sequence:06d}.m4s"
 
 
+def part(stream: str, broadcast: str, rendition: str, sequence: int, index: int) -> str:
+    """One LL-HLS part (``index`` from 0) of a segment: a CMAF chunk, same init segment."""
+    return f"{rendition_prefix(stream, broadcast, rendition)}/{sequence:06d}.{index}.m4s"
+
+
+def job_rendition(stream: str, broadcast: str, sequence: int, rendition: str) -> str:
+    """What one rendition of a streaming transcode job uses (its init segment), written
+    before its first part: an encode resumed by another worker finds it."""
+    return f"{broadcast_prefix(stream, broadcast)}/jobs/{sequence:06d}-r-{rendition}.json"
+
+
 def job_outputs(stream: str, broadcast: str, sequence: int, rungs: tuple[str, ...]) -> str:
     """What one transcode job stored (written last): a redelivered job reuses it."""
     tag = hashlib.sha256(",".join(rungs).encode()).hexdigest()[:8]
@@ -101,13 +115,14 @@ def url_path(key: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """What a key names. ``kind`` is one of: live_playlist, live_master, vod_playlist,
-    vod_master, poster, init, segment, job, clip, other."""
+    vod_master, poster, init, segment, part, job, clip, other. ``index`` is a part's."""
 
     kind: str
     stream: str
     broadcast: str = ""
     rendition: str = ""
     sequence: int = -1
+    index: int = -1
 
 
 def parse(key: str) -> Parsed | None:
@@ -142,6 +157,9 @@ def parse(key: str) -> Parsed | None:
         m = _SEGMENT.match(name)
         if m:
             return Parsed("segment", stream, broadcast, rendition, int(m.group(1)))
+        m = _PART.match(name)
+        if m:
+            return Parsed("part", stream, broadcast, rendition, int(m.group(1)), int(m.group(2)))
         if name.startswith("init-") and name.endswith(".mp4"):
             return Parsed("init", stream, broadcast, rendition)
     return Parsed("other", stream, broadcast)

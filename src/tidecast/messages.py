@@ -204,29 +204,33 @@ class SegmentReady(Message):
 
 @message
 class PartReady(Message):
-    """One LL-HLS part (a slice of a segment still being made) is stored.
+    """One LL-HLS part of a rendition's segment is stored (``keys.part``).
 
-    Published on the segment's subject, before its segment's ``SegmentReady``
-    (which follows its ``final`` part), so a packager lists it at the live edge
-    long before the whole segment exists. ``part`` is the publisher session, as
-    elsewhere; the part's place within its segment is ``index``.
+    Published on ``segment.<stream>`` (with the segments, so in order): every part of
+    a segment before its ``SegmentReady``. ``final`` marks the segment's last part.
     """
 
     kind: ClassVar[str] = "part.ready"
     stream: str
     broadcast: str
     rendition: str
-    sequence: int  # its segment
+    sequence: int
     index: int  # 0-based within the segment
-    start: float  # media time of the first frame, seconds (source timeline)
+    start: float  # media time of the part's first frame, seconds
     duration: float  # seconds
     key: str
     init_key: str
     size: int
-    independent: bool  # starts with a keyframe (always true for index 0)
+    independent: bool  # starts with a keyframe
     final: bool  # the last part of its segment; its SegmentReady follows
-    produced_at: float  # wall clock when it was stored
+    produced_at: float  # wall clock
     part: int = 0  # publisher session within the broadcast
+
+
+def part_wakeup_subject(stream: str) -> str:
+    """Where the segmenter tells transcoders a source part is stored (core, not durable:
+    a lost wake-up costs a store poll interval)."""
+    return f"part.{stream}"
 
 
 @message
@@ -239,6 +243,12 @@ class TranscodeJob(Message):
     and the shared audio rendition): the packager waits for all of them.
     A ``heal`` job is low priority: it re-encodes, after the fact, rungs that a
     live job skipped (backpressure) or lost (dead-lettered), for the recording.
+
+    With ``part_target`` (LL-HLS) the job is published when the segment's first
+    frame is in, before the segment is complete (``duration`` is 0 then): the worker
+    reads the source parts (``keys.part``) as they are stored, makes every rung's
+    parts, then the whole segments. Without it the source segment is stored when
+    the job is published, and the job reads only that.
     """
 
     kind: ClassVar[str] = "transcode.job"
@@ -262,6 +272,7 @@ class TranscodeJob(Message):
     skip: tuple[str, ...] = ()
     renditions: tuple[str, ...] = ()
     heal: bool = False
+    part_target: float = 0.0  # seconds; 0 = a whole-segment job
 
 
 @message
@@ -359,6 +370,49 @@ class RenditionOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerPart:
+    """A worker process's note, before its reply, that it stored one part."""
+
+    rendition: str
+    index: int
+    start: float
+    duration: float
+    key: str
+    init_key: str
+    size: int
+    independent: bool
+    final: bool
+
+    def to_json(self) -> str:
+        return json.dumps({"part": dataclasses.asdict(self)}, separators=(",", ":"))
+
+    @staticmethod
+    def from_line(line: bytes | str) -> WorkerPart | None:
+        """The part a worker's line announces; None for a line that is no part note."""
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(raw, dict) or not isinstance(raw.get("part"), dict):
+            return None
+        p = raw["part"]
+        try:
+            out = WorkerPart(**{f.name: p[f.name] for f in dataclasses.fields(WorkerPart)})
+        except (KeyError, TypeError) as exc:
+            raise MessageError(f"bad part note: {exc!r}") from None
+        types = {"index": int, "size": int, "start": float, "duration": float,
+                 "independent": bool, "final": bool}  # fmt: skip
+        for f in dataclasses.fields(WorkerPart):
+            want = types.get(f.name, str)
+            value = getattr(out, f.name)
+            ok = isinstance(value, int | float) and not isinstance(value, bool) if want is float else (
+                isinstance(value, want) and (want is bool or not isinstance(value, bool)))
+            if not ok:
+                raise MessageError(f"bad part note: {f.name} = {value!r}")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerReply:
     """A worker process's answer to one job."""
 
@@ -368,6 +422,10 @@ class WorkerReply:
     permanent: bool = False  # retrying cannot help (a bad request)
     reused: bool = False  # a redelivered job: the outputs were already stored, nothing encoded
     duplicate: bool = False  # encoded, but another attempt had stored the outputs meanwhile
+    # what a streaming job learnt of its segment once complete (0: the job's own values)
+    start: float = 0.0
+    duration: float = 0.0
+    frame_rate: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
@@ -385,7 +443,9 @@ class WorkerReply:
             return WorkerReply(
                 ok=bool(raw["ok"]), outputs=outputs, error=str(raw.get("error", "")),
                 permanent=bool(raw.get("permanent", False)), reused=bool(raw.get("reused", False)),
-                duplicate=bool(raw.get("duplicate", False)),
+                duplicate=bool(raw.get("duplicate", False)), start=float(raw.get("start", 0.0)),
+                duration=float(raw.get("duration", 0.0)),
+                frame_rate=float(raw.get("frame_rate", 0.0)),
             )  # fmt: skip
         except (ValueError, KeyError, TypeError) as exc:
             raise MessageError(f"bad worker reply: {exc}") from None

@@ -161,6 +161,7 @@ class IngestNode:
             max_segment_bytes=settings.segment_max_mb << 20,
             # a publisher waits out one store write's retries before it is refused
             backpressure_deadline=settings.store_retry_deadline + 30,
+            part_target=settings.part_target if settings.ll_hls else 0.0,
         )  # fmt: skip
         self.gate = PublishGate(self.db, self.segmenter, self.bus, settings.reconnect_grace)
         self.rtmp = RTMPServer(

@@ -857,3 +857,41 @@ def test_random_bytes_only_raise_media_error(data: bytes) -> None:
     ):
         with contextlib.suppress(MediaError):
             call(data)
+
+
+# --------------------------------------------------------------------------- reading samples
+
+
+def test_read_samples_gives_back_what_was_written(muxed: Muxed) -> None:
+    from tidecast.media.fmp4 import read_samples
+
+    for segment, frags in zip(muxed.segments, muxed.fragments, strict=True):
+        got = read_samples(segment)
+        for frag in frags:
+            samples = got[frag.track_id]
+            assert [s.sample() for s in samples] == list(frag.samples)
+            assert samples[0].dts == frag.base_decode_time
+            assert [b.dts - a.dts for a, b in zip(samples, samples[1:], strict=False)] == [
+                s.duration for s in frag.samples[:-1]]  # fmt: skip
+    # a chunk without styp, and several chunks one after the other, read the same
+    chunks = [media_segment(i + 1, frags, styp=False) for i, frags in enumerate(muxed.fragments)]
+    assert [b.type for b in iter_boxes(chunks[0])] == ["moof", "mdat"]
+    joined = read_samples(b"".join(chunks))
+    assert joined == {
+        tid: [s for seg in muxed.segments for s in read_samples(seg)[tid]] for tid in (VIDEO_ID, AUDIO_ID)
+    }
+    assert decode(muxed.init + b"".join(chunks)) == decode(muxed.init + b"".join(muxed.segments))
+
+
+def test_read_samples_of_ffmpeg_fragments(source: Source) -> None:
+    from tidecast.media.fmp4 import read_samples
+
+    path = source.tmp / "every-frame.mp4"
+    run_ffmpeg("-i", str(source.path), "-c", "copy", "-f", "mp4",
+               "-movflags", "+frag_every_frame+empty_moov+default_base_moof", str(path))  # fmt: skip
+    data = path.read_bytes()
+    got = read_samples(data)
+    with av.open(str(path)) as c:
+        packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+        want = [(p.dts, p.pts, p.is_keyframe, bytes(p)) for p in packets]
+    assert [(s.dts, s.pts, s.keyframe, s.data) for s in got[1]] == want

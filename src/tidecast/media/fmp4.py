@@ -35,15 +35,18 @@ __all__ = [
     "Box",
     "Fragment",
     "Sample",
+    "TimedSample",
     "Track",
     "init_segment",
     "iter_boxes",
     "media_segment",
     "read_base_decode_times",
+    "read_samples",
     "read_track_timescales",
     "read_trex_default_durations",
     "rewrite_base_decode_times",
     "segment_durations",
+    "segment_type",
 ]
 
 # track ids of tidecast's CMAF segments: one video and one audio track at most
@@ -336,12 +339,13 @@ def _validate_fragments(sequence_number: int, fragments: Sequence[Fragment]) -> 
             _check_range(f"size of sample {i} of track {tid}", len(sample.data), 0, _U32)
 
 
-def media_segment(sequence_number: int, fragments: Sequence[Fragment]) -> bytes:
+def media_segment(sequence_number: int, fragments: Sequence[Fragment], *, styp: bool = True) -> bytes:
     """Build an fMP4 media segment: ``styp`` + one ``moof`` + one ``mdat``.
 
     The ``mdat`` holds the fragments' samples in order (all of the first fragment,
     then all of the second, ...); each ``trun`` data offset is relative to the start
-    of the ``moof`` (``tfhd`` default-base-is-moof).
+    of the ``moof`` (``tfhd`` default-base-is-moof). ``styp=False`` leaves out the
+    ``styp``: a CMAF chunk (an LL-HLS part), which a segment concatenates.
     """
     _validate_fragments(sequence_number, fragments)
     mfhd = _full_box(b"mfhd", 0, 0, struct.pack(">I", sequence_number))
@@ -359,7 +363,14 @@ def media_segment(sequence_number: int, fragments: Sequence[Fragment]) -> bytes:
     if len(moof) != moof_size:  # pragma: no cover - internal invariant
         raise AssertionError("moof size changed while patching data offsets")
     mdat = _box(b"mdat", *(s.data for f in fragments for s in f.samples))
+    if not styp:
+        return moof + mdat
     return _brands(b"styp", STYP_MAJOR_BRAND, STYP_COMPATIBLE_BRANDS) + moof + mdat
+
+
+def segment_type() -> bytes:
+    """The ``styp`` box tidecast's media segments start with."""
+    return _brands(b"styp", STYP_MAJOR_BRAND, STYP_COMPATIBLE_BRANDS)
 
 
 # --------------------------------------------------------------------------- reader
@@ -644,6 +655,109 @@ def segment_durations(
                 total += default * trun.sample_count
             totals[track_id] = total
     return totals
+
+
+@dataclass(frozen=True, slots=True)
+class TimedSample:
+    """A sample read back from a fragment: its decode time and everything ``Sample`` has."""
+
+    dts: int
+    duration: int
+    cts_offset: int
+    keyframe: bool
+    data: bytes
+
+    @property
+    def pts(self) -> int:
+        return self.dts + self.cts_offset
+
+    def sample(self) -> Sample:
+        return Sample(self.data, self.duration, self.cts_offset, self.keyframe)
+
+
+_SAMPLE_IS_NON_SYNC = 0x00010000
+
+
+def read_samples(segment: bytes) -> dict[int, list[TimedSample]]:
+    """Every sample of every track of ``segment`` (one or more ``moof`` + ``mdat``), in
+    decode order, with its decode time, duration, composition offset, sync flag and
+    bytes. Sample defaults come from ``tfhd`` (``trex`` defaults are not known here: a
+    fragment that relies on them raises :class:`MediaError`)."""
+    out: dict[int, list[TimedSample]] = {}
+    for moof, trafs in _moofs(segment):
+        for traf in trafs:
+            if traf.base_decode_time is None:
+                raise MediaError(f"'traf' at byte {traf.box.start} has no 'tfdt'")
+            track = out.setdefault(traf.tfhd.track_id, [])
+            dts = traf.base_decode_time
+            base = traf.tfhd.base_data_offset
+            if base is None:
+                base = moof.start
+            defaults = _tfhd_sample_defaults(segment, traf.tfhd, traf.box)
+            for trun in traf.truns:
+                dts = _read_trun_samples(segment, trun, base, dts, defaults, track)
+    return out
+
+
+def _tfhd_sample_defaults(data: bytes, tfhd: _Tfhd, traf: Box) -> tuple[int | None, int | None, int | None]:
+    """(default duration, size, flags) of a ``tfhd``."""
+    box = next(b for b in _children(data, traf) if b.type == "tfhd")
+    pos = box.payload_start + 8
+    if tfhd.flags & _TFHD_BASE_DATA_OFFSET:
+        pos += 8
+    if tfhd.flags & _TFHD_SAMPLE_DESCRIPTION_INDEX:
+        pos += 4
+    values: list[int | None] = []
+    for flag in (_TFHD_DEFAULT_DURATION, _TFHD_DEFAULT_SIZE, _TFHD_DEFAULT_FLAGS):
+        if tfhd.flags & flag:
+            (v,) = _unpack(">I", data, pos, box)
+            values.append(v)
+            pos += 4
+        else:
+            values.append(None)
+    return values[0], values[1], values[2]
+
+
+def _read_trun_samples(
+    data: bytes, trun: _Trun, base: int, dts: int,
+    defaults: tuple[int | None, int | None, int | None], out: list[TimedSample],
+) -> int:  # fmt: skip
+    box = trun.box
+    version, flags = _full_header(data, box)
+    pos = box.payload_start + 8
+    first_flags: int | None = None
+    if flags & _TRUN_DATA_OFFSET:
+        pos += 4
+    if flags & _TRUN_FIRST_SAMPLE_FLAGS:
+        (first_flags,) = _unpack(">I", data, pos, box)
+        pos += 4
+    offset = base + (trun.data_offset or 0)
+    d_duration, d_size, d_flags = defaults
+    for i in range(trun.sample_count):
+        duration, size, sflags, cts = d_duration, d_size, d_flags, 0
+        if flags & _TRUN_DURATION:
+            (duration,) = _unpack(">I", data, pos, box)
+            pos += 4
+        if flags & _TRUN_SIZE:
+            (size,) = _unpack(">I", data, pos, box)
+            pos += 4
+        if flags & _TRUN_FLAGS:
+            (sflags,) = _unpack(">I", data, pos, box)
+            pos += 4
+        if flags & _TRUN_CTS:
+            (cts,) = _unpack(">i" if version else ">I", data, pos, box)
+            pos += 4
+        if i == 0 and first_flags is not None:
+            sflags = first_flags
+        if duration is None or size is None:
+            raise MediaError(f"'trun' at byte {box.start}: sample {i} has no duration or size")
+        if offset < 0 or offset + size > len(data):
+            raise MediaError(f"'trun' at byte {box.start}: sample {i} lies outside the data")
+        keyframe = not (sflags or 0) & _SAMPLE_IS_NON_SYNC
+        out.append(TimedSample(dts, duration, cts, keyframe, bytes(data[offset : offset + size])))
+        offset += size
+        dts += duration
+    return dts
 
 
 # --------------------------------------------------------------------------- rewriting

@@ -38,19 +38,26 @@ class Backpressure:
         self.level = 0  # top rungs the last job skipped
         self.skipped: tuple[str, ...] = ()
         self.degraded_segments = 0  # jobs that skipped at least one rung
-        # sequence -> (planned at, rungs not back yet); in planning order, oldest first
-        self._waiting: dict[int, tuple[float, set[str]]] = {}
+        # sequence -> (planned at, rungs not back yet); in planning order, oldest first;
+        # planned at is None for a job planned before its segment was complete
+        self._waiting: dict[int, tuple[float | None, set[str]]] = {}
 
     def lag(self, now: float) -> float:
         oldest = next(iter(self._waiting.values()), None)
-        return max(0.0, now - oldest[0]) if oldest is not None else 0.0
+        if oldest is None or oldest[0] is None:  # none, or still being cut: not late
+            return 0.0
+        return max(0.0, now - oldest[0])
 
     def outstanding(self) -> int:
         return len(self._waiting)
 
-    def plan(self, sequence: int, rungs: Sequence[str], now: float) -> Decision:
+    def plan(self, sequence: int, rungs: Sequence[str], now: float, *, started: bool = True) -> Decision:
         """Which of ``rungs`` (top first) job ``sequence`` skips; the job is then
-        outstanding until every rung it does encode is ``done``."""
+        outstanding until every rung it does encode is ``done``.
+
+        ``started=False``: the job was published at its segment's first frame (LL-HLS);
+        its age counts from ``complete`` (the segment's end), so the lag means the same
+        as for a job published with a complete segment."""
         lag = self.lag(now)
         if lag > self.threshold:
             self.level += 1
@@ -64,10 +71,16 @@ class Backpressure:
         encoded = set(rungs[self.level :])
         if encoded:
             self._waiting.pop(sequence, None)
-            self._waiting[sequence] = (now, encoded)
+            self._waiting[sequence] = (now if started else None, encoded)
             while len(self._waiting) > self.max_outstanding:  # nothing ever comes back
                 del self._waiting[next(iter(self._waiting))]
         return Decision(skip, lag, previous)
+
+    def complete(self, sequence: int, now: float) -> None:
+        """The segment of job ``sequence`` (planned with ``started=False``) is complete."""
+        job = self._waiting.get(sequence)
+        if job is not None and job[0] is None:
+            self._waiting[sequence] = (now, job[1])
 
     def done(self, sequence: int, rendition: str) -> None:
         """A rendition of job ``sequence`` is out (encoded, or announced as a gap)."""

@@ -38,6 +38,19 @@ The segment that broke a limit is discarded (its frames are counted in
 ``dropped_frames``): it would raise every viewer's target duration for good.
 Segments cut before it, including one still waiting for its audio, are kept
 and come out of :meth:`Segmenter.flush`.
+
+Parts (LL-HLS, with ``part_target``): the segmenter also says when a segment starts
+(its first keyframe is in: ``SegmentStarted``, so its transcode can begin) and cuts
+each segment into parts as they complete (``SourcePart``), by the boundary rule of
+``media.parts`` on presentation times from the segment's first frame. A part is cut
+once video has moved past it and audio has too (or video is a whole part further:
+audio stalled); a frame that comes late for a part already cut goes into the next
+one, so the part index never goes back (with B-frames this keeps every part one run
+of frames in decode order). The parts of a segment hold exactly its samples: the
+last part is cut with the segment, from the segment's own samples. Events come out
+of :meth:`Segmenter.take_events` in order: ``SegmentStarted``, the segment's parts,
+the segment itself (a ``SourceSegment``, the last part just before it), or
+``SegmentAborted`` for a segment that broke a limit after it started.
 """
 
 from __future__ import annotations
@@ -48,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from tidecast.media.frames import AudioConfig, MediaFrame, TrackKind, VideoConfig
+from tidecast.media.parts import part_of
 
 VIDEO_TIMESCALE = 90_000
 MS = VIDEO_TIMESCALE // 1000
@@ -129,13 +143,77 @@ class SourceSegment:
         return len(self.video) / d if self.video and d > 0 else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentStarted:
+    """A segment's first frame (a keyframe) is in: its transcode job can start."""
+
+    sequence: int
+    start: float  # seconds: decode time of the first frame (``SourceSegment.start``)
+    start_pts: int  # VIDEO_TIMESCALE ticks: presentation time of the first frame
+    video_config: VideoConfig
+    audio_config: AudioConfig | None
+    config_generation: int
+    first_frame_arrival: float
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePart:
+    """One part of a segment: its video and audio samples (audio may be empty)."""
+
+    sequence: int
+    index: int
+    video: list[VideoSample]
+    audio: list[AudioSample]
+    final: bool
+    start_pts: int  # the segment's first presentation time (ticks), the parts' origin
+    video_config: VideoConfig
+    audio_config: AudioConfig | None
+    config_generation: int
+
+    @property
+    def start(self) -> float:
+        """Presentation time (seconds) of the part's first picture."""
+        v = self.video[0]
+        return (v.dts + v.cts_offset) / VIDEO_TIMESCALE
+
+    @property
+    def duration(self) -> float:
+        return sum(s.duration for s in self.video) / VIDEO_TIMESCALE
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentAborted:
+    """A started segment broke a limit and is discarded: it will never be stored."""
+
+    sequence: int
+
+
+SegmentEvent = SegmentStarted | SourcePart | SourceSegment | SegmentAborted
+
+
 class Segmenter:
-    """Feed it configs and frames; it returns completed segments as they are cut."""
+    """Feed it configs and frames; it returns completed segments as they are cut.
+
+    With ``part_target`` (seconds, > 0) it also cuts parts; see ``take_events``.
+    """
 
     def __init__(
         self, target: float = 2.0, clock: Callable[[], float] = time.time, first_sequence: int = 0,
         max_duration: float | None = None, max_bytes: int = MAX_SEGMENT_BYTES,
+        part_target: float = 0.0,
     ) -> None:  # fmt: skip
+        if part_target < 0 or (part_target and part_target > target / 2):
+            raise ValueError(f"bad part target {part_target} s for a {target} s segment target")
+        self.part_target = part_target
+        self._events: list[SegmentEvent] = []
+        # the open part of the current segment: its index, where its video and audio
+        # start in the segment's lists, where its video ended (once video moved on)
+        self._part = 0
+        self._part_vfrom = 0
+        self._part_afrom = 0
+        self._part_vend: int | None = None
+        self._start_pts = 0  # ticks: presentation time of the current segment's first frame
+        self._final_from: dict[int, tuple[int, int, int, int]] = {}  # cut, waiting for audio
         self.target_ticks = round(target * 0.9 * VIDEO_TIMESCALE)
         self.target = target
         self.max_duration = default_max_duration(target) if max_duration is None else max_duration
@@ -224,7 +302,7 @@ class Segmenter:
                 size = self._bytes
                 seg = self._cut(next_video_dts=frame.dts * MS)
                 if self.audio_config is None:
-                    out.append(seg)
+                    out.append(self._done(seg))
                 else:
                     self._closing, self._closing_until = seg, frame.pts
                     self._closing_bytes = size
@@ -233,8 +311,14 @@ class Segmenter:
         self._check_current(frame, out)
         if not self._video and not self._audio:
             self._start_current(frame)
+        starts = not self._video
         self._video.append(frame)
         self._bytes += len(frame.data)
+        if self.part_target:
+            if starts:
+                self._segment_started(frame)
+            else:
+                self._video_part_progress(frame)
         return out
 
     def _push_audio(self, frame: MediaFrame) -> list[SourceSegment]:
@@ -264,12 +348,14 @@ class Segmenter:
             out += self._release_closing()
         elapsed = dts - self._audio[0].dts if self._audio else 0
         if not self.expect_video and elapsed >= self.target * cfg.sample_rate:
-            out.append(self._cut(next_video_dts=None))
+            out.append(self._done(self._cut(next_video_dts=None)))
         self._check_current(frame, out)
         if not self._video and not self._audio:
             self._start_current(frame)
         self._audio.append(AudioSample(frame.data, dts, spf))
         self._bytes += len(frame.data)
+        if self.part_target and self._video:
+            self._audio_part_progress(cfg)
         return out
 
     @property
@@ -319,6 +405,8 @@ class Segmenter:
     def _fail(self, limit: str, description: str, completed: list[SourceSegment]) -> NoReturn:
         """Break off: the current segment is discarded; what was completed is kept."""
         self.dropped_frames += len(self._video) + len(self._audio) + 1
+        if self.part_target and self._video:
+            self._events.append(SegmentAborted(self._seq))
         self._video, self._audio, self._bytes = [], [], 0
         self._kept += completed
         self.error = SegmentLimitError(limit, description)
@@ -330,13 +418,103 @@ class Segmenter:
         if seg is None:
             return []
         seg.completed_at = self.clock()
-        return [seg]
+        return [self._done(seg)]
 
     def _flush_current(self) -> list[SourceSegment]:
         out = self._release_closing()
         if self._video or self._audio:
-            out.append(self._cut(next_video_dts=None))
+            out.append(self._done(self._cut(next_video_dts=None)))
         return out
+
+    # -- parts -----------------------------------------------------------------
+    def take_events(self) -> list[SegmentEvent]:
+        """What happened since the last call, in order (with ``part_target`` only)."""
+        out, self._events = self._events, []
+        return out
+
+    def _ticks(self, frame: MediaFrame) -> int:
+        return frame.pts * MS + _VIDEO_OFFSET
+
+    def _segment_started(self, frame: MediaFrame) -> None:
+        assert self.video_config is not None
+        self._part, self._part_vfrom, self._part_afrom, self._part_vend = 0, 0, 0, None
+        self._start_pts = self._ticks(frame)
+        self._events.append(SegmentStarted(
+            self._seq, (frame.dts * MS + _VIDEO_OFFSET) / VIDEO_TIMESCALE, self._start_pts,
+            self.video_config, self.audio_config, self.config_generation, self._first_arrival,
+        ))  # fmt: skip
+
+    def _video_part_progress(self, frame: MediaFrame) -> None:
+        """``frame`` (just appended) may move video past the open part."""
+        index = part_of(self._ticks(frame), self._start_pts, self.part_target)
+        if index <= self._part:
+            return
+        if self._part_vend is None:
+            self._part_vend = len(self._video) - 1
+            cfg = self.audio_config
+            if cfg is None:
+                self._emit_part(len(self._audio))
+            elif self._audio and self._audio_part(self._audio[-1], cfg) > self._part:
+                self._emit_part(self._audio_end())
+        elif index > self._part + 1:  # audio stalled a whole part: don't hold video back
+            self._emit_part(self._audio_end())
+
+    def _audio_end(self) -> int:
+        """Where the open part's audio ends: at the first audio frame past it (if any)."""
+        cfg = self.audio_config
+        if cfg is None:
+            return len(self._audio)
+        for i in range(self._part_afrom, len(self._audio)):
+            if self._audio_part(self._audio[i], cfg) > self._part:
+                return i
+        return len(self._audio)
+
+    def _audio_part(self, sample: AudioSample, cfg: AudioConfig) -> int:
+        ticks = sample.dts * VIDEO_TIMESCALE // cfg.sample_rate
+        return part_of(ticks, self._start_pts, self.part_target)
+
+    def _audio_part_progress(self, cfg: AudioConfig) -> None:
+        """An audio frame was appended: it may complete the open part."""
+        if self._part_vend is not None and self._audio_part(self._audio[-1], cfg) > self._part:
+            self._emit_part(len(self._audio) - 1)
+
+    def _emit_part(self, audio_end: int) -> None:
+        """Cut the open part: video up to where it ended, audio up to ``audio_end``."""
+        assert self._part_vend is not None and self.video_config is not None
+        frames = self._video[self._part_vfrom : self._part_vend]
+        nxt = self._video[self._part_vend]  # video moved past the part: a next frame exists
+        video = []
+        for i, f in enumerate(frames):
+            dts = f.dts * MS + _VIDEO_OFFSET
+            after = frames[i + 1] if i + 1 < len(frames) else nxt
+            duration = max(1, after.dts * MS + _VIDEO_OFFSET - dts)
+            video.append(VideoSample(f.data, dts, duration, (f.pts - f.dts) * MS, f.keyframe))
+        audio = self._audio[self._part_afrom : audio_end]
+        self._events.append(SourcePart(self._seq, self._part, video, list(audio), False,
+                                       self._start_pts, self.video_config, self.audio_config,
+                                       self.config_generation))  # fmt: skip
+        self._part += 1
+        self._part_vfrom, self._part_afrom, self._part_vend = self._part_vend, audio_end, None
+        # video may already be past the next part too
+        last = self._video[-1] if len(self._video) > self._part_vfrom else None
+        if last is not None and part_of(self._ticks(last), self._start_pts, self.part_target) > self._part:
+            self._part_vend = next(
+                i for i in range(self._part_vfrom, len(self._video))
+                if part_of(self._ticks(self._video[i]), self._start_pts, self.part_target) > self._part
+            )  # fmt: skip
+
+    def _done(self, seg: SourceSegment) -> SourceSegment:
+        """``seg`` is complete: its last part, then the segment itself, are events."""
+        if not self.part_target:
+            return seg
+        start = self._final_from.pop(seg.sequence, None)
+        if start is not None and seg.video and seg.video_config is not None:
+            index, vfrom, afrom, start_pts = start
+            self._events.append(SourcePart(seg.sequence, index, seg.video[vfrom:], seg.audio[afrom:],
+                                           True, start_pts, seg.video_config, seg.audio_config,
+                                           seg.config_generation))  # fmt: skip
+        self._events.append(seg)
+        return seg
 
     def _cut(self, next_video_dts: int | None) -> SourceSegment:
         video: list[VideoSample] = []
@@ -353,6 +531,11 @@ class Segmenter:
             video.append(VideoSample(f.data, dts, duration, (f.pts - f.dts) * MS, f.keyframe))
         if len(video) >= 2:
             self._last_video_duration = video[-2].duration
+        if self.part_target and video:
+            vend = self._part_vend
+            if vend is not None:  # video had moved on, audio not yet: cut that part now
+                self._emit_part(self._audio_end())
+            self._final_from[self._seq] = (self._part, self._part_vfrom, self._part_afrom, self._start_pts)
         seg = SourceSegment(
             sequence=self._seq,
             video_config=self.video_config,  # configs in force (the init segment's tracks)

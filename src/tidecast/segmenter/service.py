@@ -29,6 +29,18 @@ Bounds and what happens at each:
 
 The writer and the transcode lag tracker of every broadcast are supervised
 tasks (crash logged, counted, restarted).
+
+Low latency (``part_target``): the queue carries the core's events in order. At a
+segment's first frame the init segment is stored and the transcode job published
+(the worker starts on the segment's first part); each part is stored
+(``keys.part`` of the source, and of the shared audio rendition) and announced:
+``PartReady`` on ``segment.<stream>`` for the packager, and the same message on
+the core subject ``part.<stream>`` to wake the transcoders (which also poll the
+store, so a lost wake-up costs little). A segment's last part is stored after the
+segment itself: a worker that finds the last part also finds the segment, so it
+knows the part is the last one without having to be told. A segment that started
+and then broke a limit becomes gaps in every rendition (its job fails on its
+deadline).
 """
 
 from __future__ import annotations
@@ -47,17 +59,23 @@ from tidecast.messages import (
     BroadcastEnded,
     BroadcastStarted,
     Message,
+    PartReady,
     SegmentReady,
     TranscodeJob,
     TranscodeLag,
+    part_wakeup_subject,
 )
 from tidecast.metrics import REGISTRY, Registry
 from tidecast.segmenter import cmaf
 from tidecast.segmenter.backpressure import Backpressure, Decision
 from tidecast.segmenter.core import (
     MAX_SEGMENT_BYTES,
+    SegmentAborted,
     Segmenter,
+    SegmentEvent,
     SegmentLimitError,
+    SegmentStarted,
+    SourcePart,
     SourceSegment,
 )
 from tidecast.segmenter.plan import AUDIO, SourcePlan, TranscodePlan, plan_for
@@ -88,8 +106,10 @@ class SegmenterStats:
     backpressure_seconds: float = 0.0
 
 
-def _media_bytes(seg: SourceSegment) -> int:
-    return sum(len(s.data) for s in seg.video) + sum(len(s.data) for s in seg.audio)
+def _media_bytes(seg: SegmentEvent) -> int:
+    if isinstance(seg, SourceSegment | SourcePart):
+        return sum(len(s.data) for s in seg.video) + sum(len(s.data) for s in seg.audio)
+    return 0
 
 
 class BroadcastSegmenter:
@@ -106,10 +126,15 @@ class BroadcastSegmenter:
         self.part = part
         self.core = Segmenter(service.target, first_sequence=first_sequence,
                               max_duration=service.max_segment_duration,
-                              max_bytes=service.max_segment_bytes)  # fmt: skip
+                              max_bytes=service.max_segment_bytes,
+                              part_target=service.part_target)  # fmt: skip
         # the bound is kept by ingest awaiting room() (backpressure), see the module docstring
-        self.queue: deque[SourceSegment] = deque()
+        self.queue: deque[SegmentEvent] = deque()
         self.queued_bytes = 0
+        self.queued_segments = 0
+        # sequences whose job went out at the first frame -> the renditions it makes
+        self._early_jobs: dict[int, tuple[str, ...]] = {}
+        self._final_parts: dict[int, SourcePart] = {}  # stored after their segment
         self._wakeup = asyncio.Event()  # the writer has something to do
         self._has_room = asyncio.Event()
         self._has_room.set()
@@ -117,6 +142,8 @@ class BroadcastSegmenter:
         self._current: SourceSegment | None = None  # being written
         self.stats = SegmenterStats()
         self._announced = False
+        self._frame_rate = 0.0  # of the last segment: the best guess for one being cut
+        self._failed_jobs: set[int] = set()  # an early job the bus refused (gaps announced)
         self._stored_inits: set[tuple[str, int]] = set()
         self._plans: dict[tuple[int, int], SourcePlan] = {}
         self._finished = False
@@ -150,12 +177,14 @@ class BroadcastSegmenter:
             segments = self.core.push(frame)
         except SegmentLimitError as exc:
             self._refused(exc)
+            if self.core.part_target:
+                self._enqueue([])  # what it cut before the limit (and the abort)
             raise
         self._enqueue(segments)
 
     def full(self) -> bool:
         s = self.service
-        return len(self.queue) >= s.queue_segments or self.queued_bytes >= s.queue_bytes
+        return self.queued_segments >= s.queue_segments or self.queued_bytes >= s.queue_bytes
 
     async def room(self) -> None:
         """Return once the queue is below its bound (at once, nearly always).
@@ -220,12 +249,14 @@ class BroadcastSegmenter:
         done, _ = await asyncio.wait({self.writer}, timeout=timeout)
         if done:
             return
-        left = list(self.queue)  # the one being written is still its first
+        # the one being written is still its first
+        left = [seg for seg in self.queue if isinstance(seg, SourceSegment)]
         self.log.error("%s: segments still not stored after %g s: %d announced as gaps",
                        self.stream, timeout, len(left))  # fmt: skip
         await self.service.supervisor.stop(self._writer_name)
         self.queue.clear()
         self.queued_bytes = 0
+        self.queued_segments = 0
         self._update_room()
         transcoded = bool(self.service.plan)
         for seg in left:
@@ -234,10 +265,14 @@ class BroadcastSegmenter:
 
     # -- queue -----------------------------------------------------------------
     def _enqueue(self, segments: list[SourceSegment]) -> None:
-        for seg in segments:
-            self.queue.append(seg)
-            self.queued_bytes += _media_bytes(seg)
-        if segments:
+        """Queue what the core cut (with parts: every event it has, in order)."""
+        items: list[SegmentEvent] = list(self.core.take_events()) if self.core.part_target else list(segments)
+        for item in items:
+            self.queue.append(item)
+            self.queued_bytes += _media_bytes(item)
+            if isinstance(item, SourceSegment):
+                self.queued_segments += 1
+        if items:
             self._wakeup.set()
             self._update_room()
 
@@ -262,31 +297,155 @@ class BroadcastSegmenter:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            seg = self._current = self.queue[0]
+            item = self.queue[0]
             try:
-                await self._write(seg)
+                if isinstance(item, SourceSegment):
+                    self._current = item
+                    await self._write(item)
+                elif isinstance(item, SegmentStarted):
+                    await self._started(item)
+                elif isinstance(item, SourcePart):
+                    await self._write_part(item)
+                else:
+                    await self._aborted(item)
             except Exception:  # a bug, not the store (handled in _write): the stream goes on
                 self.stats.store_errors += 1
                 self.service.m_store_failures.inc(stream=self.stream)
-                self.log.exception("%s: segment %d failed; announced as a gap", self.stream, seg.sequence)
-                transcoded = bool(self.service.plan)
-                await self._announce_gaps(seg, self._plan(seg), source=True, audio=transcoded,
-                                          rungs=transcoded)  # fmt: skip
+                if isinstance(item, SourceSegment):
+                    self.log.exception("%s: segment %d failed; announced as a gap",
+                                       self.stream, item.sequence)  # fmt: skip
+                    transcoded = bool(self.service.plan)
+                    await self._announce_gaps(item, self._plan(item), source=True, audio=transcoded,
+                                              rungs=transcoded)  # fmt: skip
+                else:  # a lost part costs latency only: the segment is stored whole too
+                    self.log.exception("%s: %s failed", self.stream, type(item).__name__)
             finally:
                 self._current = None
                 self.queue.popleft()
-                self.queued_bytes -= _media_bytes(seg)
+                self.queued_bytes -= _media_bytes(item)
+                if isinstance(item, SourceSegment):
+                    self.queued_segments -= 1
                 self._update_room()
 
-    def _plan(self, seg: SourceSegment) -> SourcePlan:
+    def _plan(self, seg: SourceSegment | SegmentStarted) -> SourcePlan:
         """The rungs this source gets (computed once per source size)."""
         v = seg.video_config
-        if v is None or not seg.video:
+        if v is None or (isinstance(seg, SourceSegment) and not seg.video):
             return SourcePlan(())
         size = (v.width, v.height)
         if size not in self._plans:
             self._plans[size] = plan_for(self.service.plan, v.width, v.height)
         return self._plans[size]
+
+    # -- parts (low latency) -----------------------------------------------------
+    async def _store_init(self, rendition: str, gen: int, video: VideoConfig | None,
+                          audio: AudioConfig | None) -> str:  # fmt: skip
+        ikey = keys.source_init(self.stream, self.broadcast, rendition, gen, self.part)
+        if (rendition, gen) not in self._stored_inits:
+            await self.service.store.put(ikey, cmaf.init_segment(video, audio))
+            self._stored_inits.add((rendition, gen))
+        return ikey
+
+    async def _started(self, ev: SegmentStarted) -> None:
+        """A segment's first frame: its init is stored and its transcode job goes out."""
+        await self._announce_started(ev)
+        plan = self._plan(ev)
+        if not (self.service.plan and plan.rungs):
+            return
+        try:
+            ikey = await self._store_init(SOURCE, ev.config_generation, ev.video_config, ev.audio_config)
+        except Exception as exc:  # noqa: BLE001 - the job goes out with the segment instead
+            self.log.warning("%s: could not store the init segment of %d yet: %r",
+                             self.stream, ev.sequence, exc)  # fmt: skip
+            return
+        v, a = ev.video_config, ev.audio_config
+        decision = self.pressure.plan(ev.sequence, plan.names, time.monotonic(), started=False)
+        job = TranscodeJob(
+            stream=self.stream, broadcast=self.broadcast, sequence=ev.sequence,
+            start=ev.start, duration=0.0, source_init_key=ikey,
+            source_segment_key=keys.segment(self.stream, self.broadcast, SOURCE, ev.sequence),
+            width=v.width, height=v.height, frame_rate=self._frame_rate,
+            audio_codec=a.codec if a else "", rungs=plan.job_rungs(),
+            renditions=plan.renditions(audio=a is not None), preset=self.service.preset,
+            first_frame_arrival=ev.first_frame_arrival, stored_at=time.time(), part=self.part,
+            skip=decision.skip, part_target=self.service.part_target,
+        )  # fmt: skip
+        self._early_jobs[ev.sequence] = job.renditions
+        if not await self._publish(f"job.transcode.{self.stream}", job):
+            for name in plan.names:  # nobody will encode it: not a lag, a gap
+                self.pressure.done(ev.sequence, name)
+            del self._early_jobs[ev.sequence]
+            self._failed_jobs.add(ev.sequence)
+        await self._report_lag(decision)
+
+    async def _write_part(self, p: SourcePart) -> None:
+        """Store one part (source; with a ladder also the audio rendition's) and announce
+        it; the last part of a segment waits for its segment."""
+        if p.final:
+            self._final_parts[p.sequence] = p
+            return
+        await self._store_part(p)
+
+    async def _store_part(self, p: SourcePart) -> None:
+        store = self.service.store
+        gen = p.config_generation
+        ikey = await self._store_init(SOURCE, gen, p.video_config, p.audio_config)
+        key = keys.part(self.stream, self.broadcast, SOURCE, p.sequence, p.index)
+        data = cmaf.media_part(p)
+        await store.put(key, data)
+        msg = PartReady(
+            stream=self.stream, broadcast=self.broadcast, rendition=SOURCE, sequence=p.sequence,
+            index=p.index, start=p.start, duration=p.duration, key=key, init_key=ikey,
+            size=len(data), independent=p.video[0].keyframe, final=p.final,
+            produced_at=time.time(), part=self.part,
+        )  # fmt: skip
+        await self._publish(f"segment.{self.stream}", msg)
+        try:  # not durable: a transcoder that misses it finds the part by polling
+            await self.service.bus.publish(part_wakeup_subject(self.stream), msg)
+        except Exception as exc:  # noqa: BLE001
+            self.log.warning("%s: could not publish a part wake-up: %r", self.stream, exc)
+        a = p.audio_config
+        if self.service.plan and a is not None and p.audio:
+            akey = await self._store_init(AUDIO, gen, None, a)
+            key = keys.part(self.stream, self.broadcast, AUDIO, p.sequence, p.index)
+            data = cmaf.media_part(p, video=False)
+            await store.put(key, data)
+            await self._publish(f"segment.{self.stream}", PartReady(
+                stream=self.stream, broadcast=self.broadcast, rendition=AUDIO, sequence=p.sequence,
+                index=p.index, start=p.audio[0].dts / a.sample_rate,
+                duration=sum(x.duration for x in p.audio) / a.sample_rate, key=key, init_key=akey,
+                size=len(data), independent=True, final=p.final, produced_at=time.time(),
+                part=self.part,
+            ))  # fmt: skip
+
+    async def _store_final_part(self, seq: int) -> None:
+        p = self._final_parts.pop(seq, None)
+        if p is None:
+            return
+        try:
+            await self._store_part(p)
+        except Exception as exc:  # noqa: BLE001 - the segment is stored: parts only add latency
+            self.log.warning("%s: could not store the last part of %d: %r", self.stream, seq, exc)
+
+    async def _aborted(self, ev: SegmentAborted) -> None:
+        """A started segment broke a limit: it never comes, in any rendition."""
+        self._final_parts.pop(ev.sequence, None)
+        renditions = self._early_jobs.pop(ev.sequence, None)
+        if renditions is None:
+            return
+        self.log.warning("%s: segment %d was cut off by a limit after its job went out; "
+                         "announced as gaps", self.stream, ev.sequence)  # fmt: skip
+        for name in renditions:
+            self.pressure.done(ev.sequence, name)
+        for name in (SOURCE, *renditions):
+            gap = SegmentReady(
+                stream=self.stream, broadcast=self.broadcast, rendition=name, sequence=ev.sequence,
+                start=0.0, duration=0.0, init_key="",
+                segment_key=keys.segment(self.stream, self.broadcast, name, ev.sequence), size=0,
+                gap=True, renditions=(SOURCE,) if name == SOURCE else renditions, part=self.part,
+            )  # fmt: skip
+            if await self._publish(f"segment.{self.stream}", gap):
+                self.stats.gaps += 1
 
     async def _write(self, seg: SourceSegment) -> None:
         """Store one source segment and announce it; a store failure becomes gaps."""
@@ -297,9 +456,16 @@ class BroadcastSegmenter:
         try:
             ikey, skey, size = await self._store_source(seg)
         except Exception as exc:  # noqa: BLE001 - retried underneath: this is final
+            self._final_parts.pop(seg.sequence, None)
             self._store_failed(seg, SOURCE, exc)
+            # an early job is out: it fails on its deadline (its rungs are gaps already)
+            if self._early_jobs.pop(seg.sequence, None) is not None:
+                self.pressure.complete(seg.sequence, time.monotonic())
             await self._announce_gaps(seg, plan, source=True, audio=transcoded, rungs=transcoded)
             return
+        await self._store_final_part(seg.sequence)
+        if seg.video:
+            self._frame_rate = round(seg.frame_rate, 3)
         stored_at = time.time()
         self.stats.segments += 1
         self.stats.bytes += size
@@ -320,16 +486,16 @@ class BroadcastSegmenter:
         )  # fmt: skip
         if transcoded and a is not None:
             await self._store_audio(seg, a, stored_at, plan.renditions(audio=True))
-        if transcoded and v is not None and plan.rungs:
+        if self._early_jobs.pop(seg.sequence, None) is not None:
+            self.pressure.complete(seg.sequence, time.monotonic())
+        elif seg.sequence in self._failed_jobs:
+            self._failed_jobs.discard(seg.sequence)
+        elif transcoded and v is not None and plan.rungs:
             await self._publish_job(seg, plan, ikey, skey, stored_at)
 
     async def _store_source(self, seg: SourceSegment) -> tuple[str, str, int]:
         store = self.service.store
-        gen = seg.config_generation
-        ikey = keys.source_init(self.stream, self.broadcast, SOURCE, gen, self.part)
-        if (SOURCE, gen) not in self._stored_inits:
-            await store.put(ikey, cmaf.init_segment(seg.video_config, seg.audio_config))
-            self._stored_inits.add((SOURCE, gen))
+        ikey = await self._store_init(SOURCE, seg.config_generation, seg.video_config, seg.audio_config)
         data = cmaf.media_segment(seg)
         skey = keys.segment(self.stream, self.broadcast, SOURCE, seg.sequence)
         await store.put(skey, data)
@@ -344,9 +510,7 @@ class BroadcastSegmenter:
         ikey = keys.source_init(self.stream, self.broadcast, AUDIO, gen, self.part)
         skey = keys.segment(self.stream, self.broadcast, AUDIO, seg.sequence)
         try:
-            if (AUDIO, gen) not in self._stored_inits:
-                await store.put(ikey, cmaf.init_segment(None, a))
-                self._stored_inits.add((AUDIO, gen))
+            await self._store_init(AUDIO, gen, None, a)
             data = cmaf.media_segment(seg, video=False)
             await store.put(skey, data)
         except Exception as exc:  # noqa: BLE001 - retried underneath: this is final
@@ -389,17 +553,18 @@ class BroadcastSegmenter:
             await self._announce_gaps(seg, plan, source=False, audio=False, rungs=True)
         await self._report_lag(decision)
 
-    async def _announce_started(self, seg: SourceSegment) -> None:
+    async def _announce_started(self, seg: SourceSegment | SegmentStarted) -> None:
         if self._announced:
             return
         v, a = seg.video_config, seg.audio_config
+        rate = round(seg.frame_rate, 3) if isinstance(seg, SourceSegment) else self._frame_rate
         self._announced = await self._publish(
             f"broadcast.{self.stream}",
             BroadcastStarted(
                 self.stream, self.broadcast, self.started_at,
                 video_codec=v.codec if v else "", width=v.width if v else 0,
                 height=v.height if v else 0, audio_codec=a.codec if a else "",
-                frame_rate=round(seg.frame_rate, 3), part=self.part,
+                frame_rate=rate, part=self.part,
             ),
         )  # fmt: skip
 
@@ -497,7 +662,7 @@ class SegmenterService:
     and ``max_segment_bytes`` are the segment limits; ``queue_segments`` /
     ``queue_bytes`` bound each broadcast's queue, ``backpressure_deadline`` how long
     a publisher may be held by it, ``finish_timeout`` how long a broadcast's end
-    waits for its segments to be stored.
+    waits for its segments to be stored. ``part_target`` > 0 turns on LL-HLS parts.
     """
 
     def __init__(
@@ -507,6 +672,7 @@ class SegmenterService:
         queue_segments: int = QUEUE_SEGMENTS, queue_bytes: int = QUEUE_BYTES,
         backpressure_deadline: float = BACKPRESSURE_DEADLINE,
         finish_timeout: float = FINISH_TIMEOUT, registry: Registry = REGISTRY,
+        part_target: float = 0.0,
     ) -> None:  # fmt: skip
         if plan and not callable(getattr(plan, "plan", None)):
             raise TypeError(
@@ -517,6 +683,7 @@ class SegmenterService:
         self.store = store
         self.bus = bus
         self.target = target
+        self.part_target = part_target  # seconds; 0: no parts (whole segments only)
         self.plan = plan
         self.preset = preset
         self.lag_threshold = lag_threshold  # seconds of transcode lag before rungs are skipped

@@ -19,6 +19,14 @@ published. A lane survives anything: an unexpected error settles the job it
 held (retry with backoff, or dead letter) and the lane goes on; each lane runs
 under a ``Supervisor``, which restarts it should it crash all the same.
 
+Streaming jobs (LL-HLS, ``part_target``): the worker writes a line for every part
+it stored before its reply; the lane publishes each as ``PartReady`` on
+``segment.<stream>`` (not for heal jobs: the live edge is long past), so a
+segment's parts go out before its ``SegmentReady``. The coordinator also listens
+to the segmenter's part wake-ups (``part.<stream>``, core NATS) and passes the
+ones for a job a lane holds to its worker, which would otherwise only find the
+part on its next look in the store.
+
 Heal jobs (``job.heal.<stream>``, group ``heal``) make the recording whole:
 one extra lane per coordinator, whose worker runs at ``SCHED_IDLE``
 (``worker --idle``), pulls one heal job at a time and only while a live lane
@@ -42,16 +50,19 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from tidecast.bus.base import Bus, Delivery, Subscription, dead_subject
+from tidecast.bus.consumer import consume
 from tidecast.messages import (
     DeadLetter,
     JobFailed,
     MessageError,
+    PartReady,
     SegmentReady,
     TranscodeJob,
+    WorkerPart,
     WorkerReply,
     encode,
     excerpt,
@@ -72,6 +83,8 @@ log = logging.getLogger("tidecast.transcode")
 
 LIVE_PATTERN, LIVE_GROUP = "job.transcode.>", "transcode"
 HEAL_PATTERN, HEAL_GROUP = "job.heal.>", "heal"
+WAKE_PATTERN = "part.>"  # the segmenter's source part wake-ups (core, not durable)
+MAX_WAKE_BUFFER = 64 << 10  # bytes of wake-ups a worker may have unread before more are dropped
 POLL = 1.0  # seconds a free lane waits on the bus before it looks around again
 MAX_NAK_DELAY = 60.0
 
@@ -107,6 +120,9 @@ class TranscodeStats:
     heal_dead_lettered: int = 0
     lane_errors: int = 0  # unexpected errors a lane recovered from
     poison: int = 0  # messages on a job subject that were not a transcode job
+    parts_published: int = 0
+    part_publish_errors: int = 0
+    wakeups: int = 0  # part wake-ups passed on to a worker
     job_seconds: list[float] = field(default_factory=list)
 
 
@@ -152,17 +168,32 @@ class WorkerProcess:
         while line := await proc.stderr.readline():
             log.info("%s: %s", self.name, line.decode(errors="replace").rstrip())
 
-    async def run(self, job: TranscodeJob, timeout: float) -> WorkerReply:
+    async def run(
+        self, job: TranscodeJob, timeout: float,
+        on_part: Callable[[WorkerPart], Awaitable[None]] | None = None,
+    ) -> WorkerReply:  # fmt: skip
         """The worker's reply to ``job``: WorkerDied if it died or hung (it is killed),
-        BadReply if it answered something else (it is killed too)."""
+        BadReply if it answered something else (it is killed too). Part lines before
+        the reply go to ``on_part``."""
         proc = self.proc
         if proc is None or proc.returncode is not None or not proc.stdin or not proc.stdout:
             raise WorkerDied(f"{self.name} is not running")
         self.current = job
+        deadline = time.monotonic() + timeout + 10
         try:
             proc.stdin.write(json.dumps({"job": encode(job).decode()}).encode() + b"\n")
             await proc.stdin.drain()
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout + 10)
+            while True:
+                line = await asyncio.wait_for(proc.stdout.readline(), max(0.0, deadline - time.monotonic()))
+                try:
+                    part = WorkerPart.from_line(line) if line.startswith(b'{"part"') else None
+                except MessageError as exc:
+                    await self.kill()
+                    raise BadReply(f"{self.name} (pid {proc.pid}) announced {excerpt(line)!r}: {exc}") from None
+                if part is None:
+                    break
+                if on_part is not None:
+                    await on_part(part)
         except TimeoutError:
             await self.kill()
             raise WorkerDied(f"{self.name} did not answer within {timeout + 10:g} s",
@@ -187,6 +218,22 @@ class WorkerProcess:
         except MessageError as exc:
             await self.kill()
             raise BadReply(f"{self.name} (pid {proc.pid}) answered {excerpt(line)!r}: {exc}") from None
+
+    def wake(self, msg: PartReady) -> bool:
+        """Tell the worker a source part of the job in hand is stored; False if that is
+        not its job (or its stdin is backed up: it polls the store anyway)."""
+        job, proc = self.current, self.proc
+        if job is None or proc is None or proc.stdin is None or proc.returncode is not None:
+            return False
+        if (msg.stream, msg.broadcast, msg.sequence, msg.part) != (job.stream, job.broadcast, job.sequence, job.part):
+            return False
+        transport = proc.stdin.transport
+        if transport.is_closing() or transport.get_write_buffer_size() > MAX_WAKE_BUFFER:
+            return False
+        wake = {"stream": msg.stream, "broadcast": msg.broadcast, "sequence": msg.sequence,
+                "index": msg.index, "final": msg.final}  # fmt: skip
+        proc.stdin.write(json.dumps({"wake": wake}, separators=(",", ":")).encode() + b"\n")
+        return True
 
     async def kill(self) -> None:
         proc = self.proc
@@ -259,6 +306,10 @@ class TranscodeCoordinator:
         )
         self._sub: Subscription | None = None
         self._heal_sub: Subscription | None = None
+        self._wake_sub: Subscription | None = None
+        # the last segment duration each broadcast's jobs reported: a gap's estimate for a
+        # job that failed before its segment was complete (published with duration 0)
+        self._durations: dict[tuple[str, str], float] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing = False
         self._restart_backoff = Backoff(initial=0.5, maximum=30.0)
@@ -284,6 +335,9 @@ class TranscodeCoordinator:
         self._sub = self.bus.subscribe(LIVE_PATTERN, group=LIVE_GROUP)
         if self._heal_lane is not None:
             self._heal_sub = self.bus.subscribe(HEAL_PATTERN, group=HEAL_GROUP)
+        wake_sub = self._wake_sub = self.bus.subscribe(WAKE_PATTERN)
+        self._spawn("transcode-wakeups", lambda: consume(wake_sub, self._on_wake, bus=self.bus,
+                                                         name="transcode-wakeups"), "transcode-wakeups")  # fmt: skip
         for lane in self._live:
             self._spawn(lane.name, functools.partial(self._live_loop, lane), "transcode-lane")
         if self._heal_lane is not None:
@@ -314,12 +368,13 @@ class TranscodeCoordinator:
         while self.busy() and loop.time() < deadline:  # noqa: ASYNC110 (bounded shutdown drain)
             await asyncio.sleep(0.05)
         self._closing = True
-        for sub in (self._sub, self._heal_sub):
+        for sub in (self._sub, self._heal_sub, self._wake_sub):
             if sub is not None:
                 await sub.aclose()
         # free lanes end at once (their pull returns None); a busy one is cancelled and
         # hands its job back to the bus
-        lane_tasks = [t for name, t in self._tasks.items() if name != "transcode-heartbeat"]
+        lane_tasks = [t for name, t in self._tasks.items()
+                      if name not in ("transcode-heartbeat", "transcode-wakeups")]  # fmt: skip
         if lane_tasks:
             await asyncio.wait(lane_tasks, timeout=POLL + 1)
         for name in list(self._tasks):
@@ -424,8 +479,9 @@ class TranscodeCoordinator:
         lane.job = job
         timeout = self.heal_timeout if lane.heal else self.job_timeout
         t0 = time.monotonic()
+        on_part = None if job.heal else functools.partial(self._publish_part, job)
         try:
-            reply = await lane.worker.run(job, timeout)
+            reply = await lane.worker.run(job, timeout, on_part)
         except (WorkerDied, BadReply) as exc:
             self.stats.worker_restarts += 1
             log.warning("%s#%d: %s; restarting it", job.stream, job.sequence, exc)
@@ -448,6 +504,34 @@ class TranscodeCoordinator:
         letter = DeadLetter.of(delivery.subject, delivery.data, reason, "transcode", time.time())
         await self.bus.publish(dead_subject(delivery.subject), letter)
         await delivery.term()
+
+    async def _publish_part(self, job: TranscodeJob, p: WorkerPart) -> None:
+        """A part a worker stored: on the bus, in order with the job's segments."""
+        if p.rendition not in {r.name for r in planned_rungs(job)}:
+            log.warning("%s#%d: a part of %r, not a rung of the job; ignored", job.stream, job.sequence, p.rendition)
+            return
+        msg = PartReady(
+            stream=job.stream, broadcast=job.broadcast, rendition=p.rendition, sequence=job.sequence,
+            index=p.index, start=p.start, duration=p.duration, key=p.key, init_key=p.init_key,
+            size=p.size, independent=p.independent, final=p.final, produced_at=time.time(),
+            part=job.part,
+        )  # fmt: skip
+        try:
+            await self.bus.publish(f"segment.{job.stream}", msg)
+        except Exception as exc:  # noqa: BLE001 - a lost part: the segment still comes whole
+            self.stats.part_publish_errors += 1
+            log.warning("%s#%d: could not publish part %d of %s: %r", job.stream, job.sequence,
+                        p.index, p.rendition, exc)  # fmt: skip
+            return
+        self.stats.parts_published += 1
+
+    async def _on_wake(self, delivery: Delivery) -> None:
+        msg = delivery.message
+        if not isinstance(msg, PartReady):
+            return
+        for lane in self._lanes():
+            if lane.worker.wake(msg):
+                self.stats.wakeups += 1
 
     async def _heartbeat(self) -> None:
         """Tell the bus every held job is alive, so only a dead worker's job is handed on."""
@@ -492,6 +576,12 @@ class TranscodeCoordinator:
         heal job for them."""
         names = _renditions(job)
         now = time.time()
+        if reply.duration > 0:  # a streaming job: what its segment turned out to be
+            job = dataclasses.replace(job, start=reply.start or job.start, duration=reply.duration,
+                                      frame_rate=reply.frame_rate or job.frame_rate)  # fmt: skip
+            self._durations[(job.stream, job.broadcast)] = reply.duration
+            while len(self._durations) > 1000:
+                del self._durations[next(iter(self._durations))]
         for o in reply.outputs:
             await self.bus.publish(
                 f"segment.{job.stream}",
@@ -515,6 +605,8 @@ class TranscodeCoordinator:
     async def _announce_gaps(self, job: TranscodeJob, rungs: tuple[Rung, ...]) -> None:
         """Segments that were not made: listed as EXT-X-GAP, at the same sequence number."""
         names = _renditions(job)
+        if job.duration <= 0:  # published before its segment was complete: estimate
+            job = dataclasses.replace(job, duration=self._durations.get((job.stream, job.broadcast), 2.0))
         for r in rungs:
             prefix = rendition_prefix(job, r.name)
             await self.bus.publish(
@@ -609,6 +701,8 @@ class TranscodeCoordinator:
             "heal_starved": s.heal_starved,
             "heal_dead_lettered": s.heal_dead_lettered,
             "lane_errors": s.lane_errors,
+            "parts_published": s.parts_published,
+            "wakeups": s.wakeups,
         }
 
 

@@ -6,6 +6,11 @@ any worker can take any job, and a worker that dies mid-job costs one retry,
 because outputs have deterministic keys (and a finished job's outputs record
 lets a redelivered one skip the encode).
 
+A streaming job (``part_target``, see ``transcode.stream``) also gets wake-up lines
+on stdin while it runs ({"wake": {"stream", "broadcast", "sequence", "index",
+"final"}}: a source part is stored), and writes a line for every part it stored
+({"part": ...}, a ``messages.WorkerPart``) before its reply.
+
 ``--idle`` makes the worker (and so every ffmpeg it starts, which inherits it)
 run at ``SCHED_IDLE``: it only gets CPU time nothing else wants. Heal jobs run
 in such a worker. Where SCHED_IDLE is refused, it falls back to ``nice 19``.
@@ -35,10 +40,11 @@ import sys
 from pathlib import Path
 
 from tidecast import ffmpeg
-from tidecast.messages import MessageError, TranscodeJob, WorkerReply, decode
+from tidecast.messages import MessageError, TranscodeJob, WorkerPart, WorkerReply, decode
 from tidecast.store.base import Store
 from tidecast.store.factory import StoreRetry, open_store
 from tidecast.transcode.job import JobError, run_job
+from tidecast.transcode.stream import Wakeups, run_stream_job
 
 log = logging.getLogger("tidecast.worker")
 
@@ -60,8 +66,38 @@ def lower_priority() -> str:
         return f"nice 19 (SCHED_IDLE refused: {exc!r})"
 
 
-async def handle(line: str, store: Store, exe: str, timeout: float, delayed: set[object]) -> str:
-    """One request line in, one reply line out."""
+def _write_line(text: str) -> None:
+    sys.stdout.write(text.replace("\n", " ") + "\n")
+    sys.stdout.flush()
+
+
+async def _emit(part: WorkerPart) -> None:
+    _write_line(part.to_json())
+
+
+class Current:
+    """The job in hand and its wake-ups (the stdin reader wakes it)."""
+
+    def __init__(self) -> None:
+        self.job: TranscodeJob | None = None
+        self.wakeups = Wakeups()
+
+    def wake(self, raw: object) -> None:
+        job = self.job
+        if job is None or not isinstance(raw, dict):
+            return
+        if (raw.get("stream"), raw.get("broadcast"), raw.get("sequence")) != (job.stream, job.broadcast, job.sequence):
+            return
+        index, final = raw.get("index"), raw.get("final")
+        if isinstance(index, int) and isinstance(final, bool):
+            self.wakeups.wake(index, final)
+
+
+async def handle(
+    line: str, store: Store, exe: str, timeout: float, delayed: set[object],
+    current: Current | None = None,
+) -> str:  # fmt: skip
+    """One request line in, one reply line out (part lines written on the way)."""
     try:
         job = decode(line.encode())
     except MessageError as exc:
@@ -88,7 +124,17 @@ async def handle(line: str, store: Store, exe: str, timeout: float, delayed: set
             await asyncio.sleep(float(stall))
 
     try:
-        reply = await run_job(job, store, exe=exe, timeout=timeout, after_encode=after_encode)
+        if job.part_target > 0:
+            current = current or Current()
+            current.job, current.wakeups = job, Wakeups()
+            try:
+                reply = await run_stream_job(job, store, exe=exe, timeout=timeout, emit=_emit,
+                                             wakeups=current.wakeups)  # fmt: skip
+            finally:
+                current.job = None
+            await after_encode()
+        else:
+            reply = await run_job(job, store, exe=exe, timeout=timeout, after_encode=after_encode)
     except JobError as exc:
         return WorkerReply(ok=False, error=str(exc)).to_json()
     except Exception as exc:  # noqa: BLE001 - a store error, say: report it, stay up for the next job
@@ -116,15 +162,37 @@ async def serve(store_url: str, timeout: float) -> None:
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     delayed: set[object] = set()
-    while line := await reader.readline():
+    current = Current()
+    # requests wait here while a job runs; the coordinator sends one at a time
+    requests: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+
+    async def read_stdin() -> None:
+        """Requests to the queue; wake-ups straight to the job in hand (never queued)."""
         try:
-            body = request_body(line)
-        except ValueError as exc:
-            out = WorkerReply(ok=False, error=f"bad request: {exc}", permanent=True).to_json()
-        else:
-            out = await handle(body, store, exe, timeout, delayed)
-        sys.stdout.write(out.replace("\n", " ") + "\n")
-        sys.stdout.flush()
+            while line := await reader.readline():
+                try:
+                    raw = json.loads(line)
+                except ValueError:
+                    raw = None
+                if isinstance(raw, dict) and "wake" in raw:
+                    current.wake(raw["wake"])
+                    continue
+                await requests.put(line)
+        finally:
+            await requests.put(None)
+
+    stdin_task = asyncio.create_task(read_stdin())
+    try:
+        while (line := await requests.get()) is not None:
+            try:
+                body = request_body(line)
+            except ValueError as exc:
+                out = WorkerReply(ok=False, error=f"bad request: {exc}", permanent=True).to_json()
+            else:
+                out = await handle(body, store, exe, timeout, delayed, current)
+            _write_line(out)
+    finally:
+        stdin_task.cancel()
 
 
 def main() -> int:
