@@ -97,7 +97,9 @@ class IngestAuth:
                     "after too many failed publish attempts")  # fmt: skip
         return self.rules.refusal(ip)
 
-    def _refuse(self, ip: str, description: str, *, failed: bool, stream: str = "") -> PublishRefused:
+    def _refuse(
+        self, ip: str, description: str, *, failed: bool, stream: str = ""
+    ) -> PublishRefused:
         self.refused += 1
         what = f" to {stream!r}" if stream else ""
         log.warning("refused publish%s from %s: %s", what, ip, description)
@@ -162,7 +164,9 @@ class IngestAuth:
             raise self._refuse(admission.ip, decision.reason, failed=decision.answered,
                                stream=admission.stream.name)  # fmt: skip
         if not decision.answered:
-            log.warning("%s: %s (publish from %s)", admission.stream.name, decision.reason, admission.ip)
+            log.warning(
+                "%s: %s (publish from %s)", admission.stream.name, decision.reason, admission.ip
+            )
 
     # -- 4. the end --------------------------------------------------------------
     def done(self, admission: Admission, reason: str) -> None:

@@ -59,12 +59,17 @@ def decide(status: int | None, body: str, failure: str | None, timeout_rule: str
     if status is None:
         allowed = timeout_rule == "allow"
         what = "allowed" if allowed else "refused"
-        return Decision(allowed, f"on_publish webhook did not answer ({failure}); {what} by rule",
-                        answered=False)
+        return Decision(
+            allowed,
+            f"on_publish webhook did not answer ({failure}); {what} by rule",
+            answered=False,
+        )
     if 200 <= status < 300:
         return Decision(True, f"on_publish webhook answered {status}")
     detail = " ".join(body.split())[:MAX_REASON]
-    return Decision(False, f"refused by the on_publish webhook ({status}{': ' + detail if detail else ''})")
+    return Decision(
+        False, f"refused by the on_publish webhook ({status}{': ' + detail if detail else ''})"
+    )
 
 
 class Webhooks:
@@ -98,9 +103,13 @@ class Webhooks:
             return
         if len(self._done) >= MAX_PENDING_DONE:
             self.dropped += 1
-            log.warning("%s: on_publish_done not sent: %d calls in flight", event.stream, len(self._done))
+            log.warning(
+                "%s: on_publish_done not sent: %d calls in flight", event.stream, len(self._done)
+            )
             return
-        task = asyncio.create_task(self._done_call(event, reason), name=f"on_publish_done-{event.stream}")
+        task = asyncio.create_task(
+            self._done_call(event, reason), name=f"on_publish_done-{event.stream}"
+        )
         self._done.add(task)
         task.add_done_callback(self._done.discard)
 
@@ -108,7 +117,9 @@ class Webhooks:
         status, _, failure = await self._post(self.on_publish_done_url,
                                               event.body("on_publish_done", reason=reason))  # fmt: skip
         if status is None or not 200 <= status < 300:
-            log.warning("%s: on_publish_done webhook: %s", event.stream, failure or f"answered {status}")
+            log.warning(
+                "%s: on_publish_done webhook: %s", event.stream, failure or f"answered {status}"
+            )
 
     async def _post(self, url: str, body: dict[str, object]) -> tuple[int | None, str, str | None]:
         self.calls += 1
@@ -125,7 +136,7 @@ class Webhooks:
         except httpx.HTTPError as exc:
             self.unanswered += 1
             return None, "", f"{type(exc).__name__}: {exc}"
-        return r.status_code, r.text[:MAX_REASON * 4], None
+        return r.status_code, r.text[: MAX_REASON * 4], None
 
     async def aclose(self) -> None:
         if self._done:

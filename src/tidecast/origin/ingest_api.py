@@ -59,7 +59,9 @@ def ingest_router(db: Database, tokens: IngestTokens, settings: Settings,
         token, expires = tokens.issue(name, ttl, time.time())
         return IngestToken(token=token, expires=expires, publish_url=settings.publish_url(token))
 
-    @api.get("/streams/{name}/ingest-access", response_model=IngestAccess, responses={401: {}, 404: {}})
+    @api.get(
+        "/streams/{name}/ingest-access", response_model=IngestAccess, responses={401: {}, 404: {}}
+    )
     async def get_ingest_access(name: str) -> IngestAccess:
         try:
             s = await asyncio.to_thread(db.get_stream, name)
