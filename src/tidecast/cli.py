@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--gop", type=float, default=2.0, help="keyframe interval, seconds")
     pub.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
     pub.add_argument("--no-clock", action="store_true", help="no burnt-in wall clock")
+    pub.add_argument("--ca-file", default="",
+                     help="rtmps://: trust this certificate (e.g. from tidecast tls-selfsigned)")  # fmt: skip
 
     edge = sub.add_parser("edge-config", help="print an nginx caching-edge config for N origins")
     edge.add_argument(
@@ -414,8 +416,8 @@ def _tls_selfsigned(args: argparse.Namespace) -> int:
     print(f"certificate: {cert}   (self-signed, for {', '.join(names)}, {args.days} days)")
     print(f"key:         {key}   (mode 0600)")
     print(f"use it:      tidecast serve --tls-cert {shlex.quote(str(cert))} --tls-key {shlex.quote(str(key))}")
-    print("publish:     rtmps://HOST:1936/live/KEY (encoders: turn certificate verification off, "
-          "or trust this file)")
+    print(f"publish:     tidecast publish --ca-file {shlex.quote(str(cert))} rtmps://HOST:1936/live/KEY "
+          "(other encoders: trust this file, or turn certificate verification off)")
     return 0
 
 
@@ -435,7 +437,7 @@ def _publish(args: argparse.Namespace) -> int:
         width=w, height=h, fps=args.fps, gop_seconds=args.gop, video_bitrate_k=args.bitrate,
         duration=args.duration, clock=not args.no_clock, font=ffmpeg.clock_font(),
     )  # fmt: skip
-    cmd = ffmpeg.publish_test_pattern_args(pattern, args.url, ffmpeg.ffmpeg_exe())
+    cmd = ffmpeg.publish_test_pattern_args(pattern, args.url, ffmpeg.ffmpeg_exe(), ca_file=args.ca_file)
 
     async def run() -> int:
         proc = await ffmpeg.spawn(cmd, "publish")

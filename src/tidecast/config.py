@@ -166,7 +166,7 @@ class Settings:
                 raise ConfigError(f"{name} must be an http:// or https:// URL, got {url!r}")
         if not 0.1 <= self.webhook_timeout <= 60:
             raise ConfigError("webhook_timeout must be 0.1..60 s")
-        if self.webhook_timeout >= self.rtmp_handshake_timeout:
+        if self.on_publish_url and self.webhook_timeout >= self.rtmp_handshake_timeout:
             raise ConfigError("webhook_timeout must be shorter than rtmp_handshake_timeout "
                               "(the connect-to-publish deadline)")  # fmt: skip
         if self.webhook_timeout_rule not in ("allow", "deny"):
