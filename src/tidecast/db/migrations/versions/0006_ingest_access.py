@@ -1,6 +1,6 @@
 """Per-stream ingest address rules: CIDR allow and deny lists.
 
-Revision ID: 0004
+Revision ID: 0006
 Revises: 0003
 Create Date: 2026-12-01
 
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
+revision: str = "0006"
 down_revision: str | Sequence[str] | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
