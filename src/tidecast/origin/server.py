@@ -72,6 +72,7 @@ async def start_https(app: object, settings: Settings) -> tuple[uvicorn.Server, 
         app, log_level="warning", access_log=False, lifespan="off", ws_max_size=16 * 1024,  # type: ignore[arg-type]
         timeout_graceful_shutdown=2, http="httptools",
         ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key or None,
+        proxy_headers=False,  # uvicorn would believe X-Forwarded-For from 127.0.0.1
     )  # fmt: skip
     server = _EmbeddedHTTPServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="https")
