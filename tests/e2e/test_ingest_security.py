@@ -87,9 +87,10 @@ def secure(tmp_path_factory: pytest.TempPathFactory, hooks: StubServer,
 
 
 def ports(server: TidecastServer) -> tuple[int, int]:
-    """(RTMPS, HTTPS) ports the server printed."""
+    """(RTMPS, HTTPS) ports the server printed in its banner (once every listener is up)."""
+    wait_for(lambda: "tidecast is running" in server.log(), 15, what="the start-up banner")
     log = server.log()
-    rtmps = int(log.split("RTMPS ingest listening on 127.0.0.1:")[1].split()[0])
+    rtmps = int(log.split("publish over TLS:      rtmps://127.0.0.1:")[1].split("/")[0])
     https = int(log.split("HTTPS:                 https://127.0.0.1:")[1].split("/")[0])
     return rtmps, https
 
