@@ -13,6 +13,11 @@ if [[ "${1:-}" == "--test" ]]; then
   [[ -x /usr/bin/chromium ]] || need_apt+=(chromium)
   command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx-light)
   command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+  # GStreamer publishes over RTMPS in the ingest tests (rtmp2sink is in -bad; TLS via glib-networking)
+  command -v gst-launch-1.0 >/dev/null 2>&1 || need_apt+=(gstreamer1.0-tools)
+  [[ -n "$(find /usr/lib -name libgstrtmp2.so -print -quit 2>/dev/null)" ]] || need_apt+=(gstreamer1.0-plugins-bad)
+  [[ -n "$(find /usr/lib -name libgstflv.so -print -quit 2>/dev/null)" ]] || need_apt+=(gstreamer1.0-plugins-good)
+  [[ -n "$(find /usr/lib -name libgiognutls.so -print -quit 2>/dev/null)" ]] || need_apt+=(glib-networking)
 fi
 if ((${#need_apt[@]})); then
   echo "setup: installing Debian packages: ${need_apt[*]}"

@@ -111,3 +111,67 @@ def test_the_banner_names_a_command_that_runs_as_shown(tmp_path: Path) -> None:
     assert own_command(".venv/bin/tidecast", str(tmp_path)) == ".venv/bin/tidecast"
     assert own_command(str(venv_bin / "tidecast"), str(tmp_path / "elsewhere")) == str(venv_bin / "tidecast")
     assert own_command("/some/path/__main__.py", str(tmp_path)) == f"{sys.executable} -m tidecast"
+
+
+def test_security_settings_from_file_env_and_flags(tmp_path: Path) -> None:
+    from tidecast.cli import SECURITY_FLAGS, _settings, build_parser
+
+    s = Settings()
+    assert (s.rtmps_port, s.https_port, s.tls) == (1936, 8443, False)  # off until a certificate
+    assert s.webhook_timeout_rule == "deny" and s.rtmp_max_connections_per_ip == 16
+    conf = tmp_path / "t.toml"
+    conf.write_text('tls_cert = "/etc/tidecast/cert.pem"\nrtmps_port = 2936\ningest_deny = "10.0.0.0/8"\n'
+                    'on_publish_url = "http://hooks:9000/p"\nwebhook_timeout_rule = "allow"\n'
+                    'ingest_max_failures = 5\n')  # fmt: skip
+    s = from_file(conf)
+    assert s.tls and s.rtmps_port == 2936 and s.ingest_deny == "10.0.0.0/8"
+    assert s.webhook_timeout_rule == "allow" and s.ingest_max_failures == 5
+    assert s.publish_url(tls=True) == "rtmps://127.0.0.1:2936/live"
+    s = from_env({"TIDECAST_HTTPS_PORT": "9443", "TIDECAST_TLS_KEY": "/k.pem",
+                  "TIDECAST_INGEST_JWKS_URL": "https://idp/jwks.json"}, base=s)  # fmt: skip
+    assert s.https_port == 9443 and s.tls_key == "/k.pem" and s.ingest_jwks_url.endswith("jwks.json")
+    # every security setting has a flag on serve, and the flag wins
+    args = build_parser().parse_args(["serve", "--rtmps-port", "3936", "--tls-cert", "/c.pem",
+                                      "--ingest-allow", "192.0.2.0/24", "--rtmp-max-connections-per-ip", "4"])  # fmt: skip
+    s = _settings(args)
+    assert (s.rtmps_port, s.tls_cert, s.ingest_allow, s.rtmp_max_connections_per_ip) == (3936, "/c.pem", "192.0.2.0/24", 4)
+    from tidecast.config import _ENV_FIELDS
+
+    assert {name for name, *_ in SECURITY_FLAGS} <= set(_ENV_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tls_key = '/k.pem'", "tls_key is set but tls_cert is not"),
+        ("rtmps_port = 70000", "rtmps_port must be between"),
+        ("ingest_deny = '10.0.0.1/8'", "ingest_deny: not an address or CIDR"),
+        ("ingest_allow = 'example.com'", "ingest_allow"),
+        ("webhook_timeout_rule = 'maybe'", "allow or deny"),
+        ("on_publish_url = 'ftp://x'", "http:// or https://"),
+        ("on_publish_url = 'http://x'\nwebhook_timeout = 20", "shorter than rtmp_handshake_timeout"),
+        ("ingest_token_ttl = 5", "ingest_token_ttl"),
+        ("rtmp_max_connections = 10\nrtmp_max_connections_per_ip = 20", "rtmp_max_connections_per_ip"),
+    ],
+)
+def test_bad_security_settings_are_refused_clearly(tmp_path: Path, text: str, message: str) -> None:
+    conf = tmp_path / "t.toml"
+    conf.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        from_file(conf)
+
+
+def test_tls_files_are_checked_with_a_clear_error(tmp_path: Path) -> None:
+    from tidecast.tls import make_self_signed, server_context
+
+    with pytest.raises(ConfigError, match="is not a file"):
+        server_context(Settings(tls_cert=str(tmp_path / "missing.pem")))
+    cert, key = make_self_signed(tmp_path / "a")
+    other_cert, _ = make_self_signed(tmp_path / "b")
+    assert server_context(Settings(tls_cert=str(cert), tls_key=str(key))) is not None
+    assert (key.stat().st_mode & 0o777) == 0o600
+    with pytest.raises(ConfigError, match="cannot load the certificate"):
+        server_context(Settings(tls_cert=str(other_cert), tls_key=str(key)))  # not its key
+    both = tmp_path / "both.pem"
+    both.write_bytes(cert.read_bytes() + key.read_bytes())
+    assert server_context(Settings(tls_cert=str(both))) is not None  # key in the cert file

@@ -48,6 +48,8 @@ def test_publish_test_pattern() -> None:
         "-c:a", "aac", "-b:a", "128k", "-ar", "48000", "-ac", "2",
         "-f", "flv", "rtmp://h/live/k",
     ]  # fmt: skip
+    tls = ffmpeg.publish_test_pattern_args(p, "rtmps://h/live/k", "ff", ca_file="/tls/cert.pem")
+    assert tls[-5:] == ["-f", "flv", "-ca_file", "/tls/cert.pem", "rtmps://h/live/k"]
 
 
 def test_clock_overlay_is_burnt_in_when_asked() -> None:

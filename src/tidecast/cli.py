@@ -39,7 +39,40 @@ def _settings(args: argparse.Namespace) -> Settings:
         source_rendition=getattr(args, "source_rendition", None),
         workers=getattr(args, "workers", None),
         x264_preset=getattr(args, "preset", None),
+        **{name: getattr(args, name, None) for name, *_ in SECURITY_FLAGS},
     )
+
+
+# settings of the TLS listeners and ingest auth: (setting, type, help); each is also
+# TIDECAST_<SETTING> and a config file key
+SECURITY_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("rtmps_port", int, "RTMPS port (default 1936; on once --tls-cert is set)"),
+    ("https_port", int, "HTTPS port of the origin (default 8443; on once --tls-cert is set)"),
+    ("tls_cert", str, "PEM certificate (chain) for RTMPS and HTTPS"),
+    ("tls_key", str, "PEM private key (default: in the --tls-cert file)"),
+    ("ingest_token_ttl", float, "seconds an API-issued ingest token is valid (default 3600)"),
+    ("ingest_token_audience", str, "aud claim every ingest token must carry (default tidecast-ingest)"),
+    ("ingest_jwks_url", str, "JWKS URL of an external ingest token issuer"),
+    ("ingest_jwks_issuer", str, "iss claim the external issuer's tokens must carry"),
+    ("on_publish_url", str, "webhook POSTed before a publish: 2xx allows, anything else refuses"),
+    ("on_publish_done_url", str, "webhook POSTed when a publish ends"),
+    ("webhook_timeout", float, "seconds a webhook has to answer (default 3)"),
+    ("webhook_timeout_rule", str, "allow or deny a publish whose on_publish gets no answer (default deny)"),
+    ("ingest_allow", str, "CIDRs that may publish, comma-separated (default: all)"),
+    ("ingest_deny", str, "CIDRs that may never publish, comma-separated"),
+    ("ingest_max_failures", int, "failed publish attempts from one address that ban it (default 10)"),
+    ("ingest_failure_window", float, "... within this many seconds (default 60)"),
+    ("ingest_ban_seconds", float, "seconds an address stays banned (default 600; 0 = never ban)"),
+    ("rtmp_max_connections", int, "RTMP(S) connections at once (default 512)"),
+    ("rtmp_max_connections_per_ip", int, "RTMP(S) connections at once from one address (default 16)"),
+    ("rtmp_handshake_timeout", float, "seconds from TCP connect to publish (default 10)"),
+)
+
+
+def _add_security(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group("TLS and ingest auth (each also TIDECAST_<NAME> and a config key)")
+    for name, kind, text in SECURITY_FLAGS:
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -74,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run every role in one process")
     _add_data_dir(serve)
+    _add_security(serve)
     serve.add_argument(
         "--segment-target", type=float, help="segment duration target, seconds (default 2)"
     )
@@ -103,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in role_help.items():
         rp = sub.add_parser(name, help=text)
         _add_data_dir(rp)
+        if name in ("ingest", "origin"):
+            _add_security(rp)
         if name == "worker":
             rp.add_argument("--workers", type=int, help="worker processes (default: one per core)")
 
@@ -118,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("name")
     _add_data_dir(rot)
 
+    tls = sub.add_parser("tls-selfsigned", help="write a self-signed certificate and key for a local try")
+    tls.add_argument("--out", required=True, help="directory for cert.pem and key.pem")
+    tls.add_argument("--host", action="append", dest="names",
+                     help="a host name or address the certificate is for (repeat; "
+                          "default localhost, 127.0.0.1, ::1)")  # fmt: skip
+    tls.add_argument("--days", type=int, default=30, help="days it is valid (default 30)")
+
     pub = sub.add_parser(
         "publish", help="publish a test pattern with a burnt-in clock to an RTMP URL"
     )
@@ -128,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--gop", type=float, default=2.0, help="keyframe interval, seconds")
     pub.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
     pub.add_argument("--no-clock", action="store_true", help="no burnt-in wall clock")
+    pub.add_argument("--ca-file", default="",
+                     help="rtmps://: trust this certificate (e.g. from tidecast tls-selfsigned)")  # fmt: skip
 
     edge = sub.add_parser("edge-config", help="print an nginx caching-edge config for N origins")
     edge.add_argument(
@@ -196,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _streams(args, _settings(args))
         if args.command == "publish":
             return _publish(args)
+        if args.command == "tls-selfsigned":
+            return _tls_selfsigned(args)
         if args.command == "edge-config":
             from tidecast.edge.nginx import EdgeConfig, render
 
@@ -242,6 +289,8 @@ def _banner(node: object) -> None:
         "",
         "tidecast is running",
         f"  publish (OBS Server):  {s.publish_url()}",
+        *([f"  publish over TLS:      {s.publish_url(tls=True)}",
+           f"  HTTPS:                 https://{s.url_host}:{node.origin.https_port}/"] if s.tls else []),
         f"  web:                   http://{s.url_host}:{node.http_port}/",
         f"  API:                   http://{s.url_host}:{node.http_port}/api/v1/docs",
         f"  data:                  {s.data_dir.resolve()}",
@@ -353,6 +402,25 @@ def _streams(args: argparse.Namespace, settings: Settings) -> int:
     return 2
 
 
+def _tls_selfsigned(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tidecast.tls import DEFAULT_NAMES, make_self_signed
+
+    names = args.names or list(DEFAULT_NAMES)
+    try:
+        cert, key = make_self_signed(Path(args.out), names, args.days)
+    except (ValueError, OSError) as exc:
+        print(f"tidecast: {exc}", file=sys.stderr)
+        return 1
+    print(f"certificate: {cert}   (self-signed, for {', '.join(names)}, {args.days} days)")
+    print(f"key:         {key}   (mode 0600)")
+    print(f"use it:      tidecast serve --tls-cert {shlex.quote(str(cert))} --tls-key {shlex.quote(str(key))}")
+    print(f"publish:     tidecast publish --ca-file {shlex.quote(str(cert))} rtmps://HOST:1936/live/KEY "
+          "(other encoders: trust this file, or turn certificate verification off)")
+    return 0
+
+
 def _publish(args: argparse.Namespace) -> int:
     from tidecast import ffmpeg
 
@@ -369,7 +437,7 @@ def _publish(args: argparse.Namespace) -> int:
         width=w, height=h, fps=args.fps, gop_seconds=args.gop, video_bitrate_k=args.bitrate,
         duration=args.duration, clock=not args.no_clock, font=ffmpeg.clock_font(),
     )  # fmt: skip
-    cmd = ffmpeg.publish_test_pattern_args(pattern, args.url, ffmpeg.ffmpeg_exe())
+    cmd = ffmpeg.publish_test_pattern_args(pattern, args.url, ffmpeg.ffmpeg_exe(), ca_file=args.ca_file)
 
     async def run() -> int:
         proc = await ffmpeg.spawn(cmd, "publish")

@@ -69,7 +69,7 @@ class Settings:
     # from it); empty = a random token kept in the data dir
     admin_token: str = ""
     chat_blocked_words: str = ""  # comma-separated; messages containing one are refused
-    rtmp_handshake_timeout: float = 10.0  # seconds to finish handshake + connect
+    rtmp_handshake_timeout: float = 10.0  # seconds from TCP connect to publish (one deadline)
     rtmp_idle_timeout: float = 30.0  # seconds a publisher may send nothing
     # a segment may last this long (0 = max(10 x segment_target, 20 s)) and weigh this much:
     # a publisher past either (e.g. no keyframe for that long) is refused and disconnected
@@ -80,9 +80,30 @@ class Settings:
     segment_deadline: float = 0.0
     store_retry_deadline: float = 30.0  # seconds one store operation retries transient errors
     heal: bool = True  # re-encode, at low priority, what live skipped or lost (recordings heal)
+    # -- TLS: RTMPS ingest and HTTPS on the origin, both off until a certificate is set
+    rtmps_port: int = 1936
+    https_port: int = 8443
+    tls_cert: str = ""  # PEM certificate chain (may hold the key too)
+    tls_key: str = ""  # PEM private key; empty = in tls_cert
+    # -- ingest auth (see ingest/auth.py)
+    ingest_token_ttl: float = 3600.0  # seconds an ingest JWT issued by the API stays valid
+    ingest_token_audience: str = "tidecast-ingest"  # the aud every ingest JWT must carry
+    ingest_jwks_url: str = ""  # an external issuer's JWKS (https://.../jwks.json); empty = none
+    ingest_jwks_issuer: str = ""  # the iss tokens signed by the JWKS keys must carry (empty: any)
+    on_publish_url: str = ""  # POSTed before a publish starts: 2xx allows, anything else refuses
+    on_publish_done_url: str = ""  # POSTed when a publish ends (the answer is ignored)
+    webhook_timeout: float = 3.0  # seconds a webhook has to answer
+    webhook_timeout_rule: str = "deny"  # what an unanswered on_publish means: "allow" or "deny"
+    ingest_allow: str = ""  # CIDRs allowed to publish (comma-separated); empty = every address
+    ingest_deny: str = ""  # CIDRs never allowed to publish (checked first)
+    ingest_max_failures: int = 10  # failed publish attempts from one address within the window...
+    ingest_failure_window: float = 60.0  # ...seconds...
+    ingest_ban_seconds: float = 600.0  # ...ban it for this long
+    rtmp_max_connections: int = 512  # RTMP(S) connections at once
+    rtmp_max_connections_per_ip: int = 16  # RTMP(S) connections at once from one address
 
     def __post_init__(self) -> None:
-        for name in ("http_port", "rtmp_port"):
+        for name in ("http_port", "rtmp_port", "rtmps_port", "https_port"):
             port = getattr(self, name)
             if not 0 <= port <= 65535:
                 raise ConfigError(f"{name} must be between 0 and 65535, got {port}")
@@ -124,10 +145,50 @@ class Settings:
             raise ConfigError("segment_deadline must be 0 (auto) or segment_target..600 s")
         if not 1 <= self.store_retry_deadline <= 3600:
             raise ConfigError("store_retry_deadline must be 1..3600 s")
+        self._check_security()
         if not self.transcode_lag_threshold > 0:
             raise ConfigError(
                 f"transcode_lag_threshold must be positive, got {self.transcode_lag_threshold}"
             )
+
+    def _check_security(self) -> None:
+        from tidecast.ingest.access import AccessRuleError, parse_networks
+
+        if self.tls_key and not self.tls_cert:
+            raise ConfigError("tls_key is set but tls_cert is not: set both (PEM files)")
+        if not 60 <= self.ingest_token_ttl <= 30 * 86400:
+            raise ConfigError("ingest_token_ttl must be 60 s..30 days")
+        if not self.ingest_token_audience:
+            raise ConfigError("ingest_token_audience must not be empty")
+        for name in ("ingest_jwks_url", "on_publish_url", "on_publish_done_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{name} must be an http:// or https:// URL, got {url!r}")
+        if not 0.1 <= self.webhook_timeout <= 60:
+            raise ConfigError("webhook_timeout must be 0.1..60 s")
+        if self.on_publish_url and self.webhook_timeout >= self.rtmp_handshake_timeout:
+            raise ConfigError("webhook_timeout must be shorter than rtmp_handshake_timeout "
+                              "(the connect-to-publish deadline)")  # fmt: skip
+        if self.webhook_timeout_rule not in ("allow", "deny"):
+            raise ConfigError(
+                f"webhook_timeout_rule must be allow or deny, got {self.webhook_timeout_rule!r}"
+            )
+        for name in ("ingest_allow", "ingest_deny"):
+            try:
+                parse_networks(getattr(self, name))
+            except AccessRuleError as exc:
+                raise ConfigError(f"{name}: {exc}") from exc
+        if not 1 <= self.ingest_max_failures <= 100_000:
+            raise ConfigError("ingest_max_failures must be 1..100000")
+        if not 1 <= self.ingest_failure_window <= 86400 or not 0 <= self.ingest_ban_seconds <= 30 * 86400:
+            raise ConfigError("ingest_failure_window must be 1..86400 s, ingest_ban_seconds 0..30 days")
+        if not 1 <= self.rtmp_max_connections_per_ip <= self.rtmp_max_connections <= 100_000:
+            raise ConfigError("need 1 <= rtmp_max_connections_per_ip <= rtmp_max_connections <= 100000")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the TLS listeners (RTMPS, HTTPS) run: a certificate is configured."""
+        return bool(self.tls_cert)
 
     @property
     def gap_after(self) -> float:
@@ -164,8 +225,9 @@ class Settings:
             return self.public_host
         return "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
 
-    def publish_url(self, key: str | None = None) -> str:
-        base = f"rtmp://{self.url_host}:{self.rtmp_port}/{self.rtmp_app}"
+    def publish_url(self, key: str | None = None, *, tls: bool = False) -> str:
+        scheme, port = ("rtmps", self.rtmps_port) if tls else ("rtmp", self.rtmp_port)
+        base = f"{scheme}://{self.url_host}:{port}/{self.rtmp_app}"
         return f"{base}/{key}" if key else base
 
     def watch_url(self, name: str) -> str:
@@ -212,6 +274,25 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "segment_deadline": float,
     "store_retry_deadline": float,
     "heal": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "rtmps_port": int,
+    "https_port": int,
+    "tls_cert": str,
+    "tls_key": str,
+    "ingest_token_ttl": float,
+    "ingest_token_audience": str,
+    "ingest_jwks_url": str,
+    "ingest_jwks_issuer": str,
+    "on_publish_url": str,
+    "on_publish_done_url": str,
+    "webhook_timeout": float,
+    "webhook_timeout_rule": str,
+    "ingest_allow": str,
+    "ingest_deny": str,
+    "ingest_max_failures": int,
+    "ingest_failure_window": float,
+    "ingest_ban_seconds": float,
+    "rtmp_max_connections": int,
+    "rtmp_max_connections_per_ip": int,
 }
 
 

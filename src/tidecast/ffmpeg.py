@@ -124,13 +124,14 @@ def h264_aac_output_args(p: TestPattern, *, zerolatency: bool = True) -> list[st
     return args
 
 
-def publish_test_pattern_args(p: TestPattern, url: str, exe: str = "ffmpeg") -> list[str]:
-    """ffmpeg publishing a test pattern to an RTMP URL."""
+def publish_test_pattern_args(p: TestPattern, url: str, exe: str = "ffmpeg", ca_file: str = "") -> list[str]:
+    """ffmpeg publishing a test pattern to an RTMP URL (``rtmps://``: the server's
+    certificate is verified, against ``ca_file`` when given, e.g. a self-signed one)."""
     return [
         exe, "-hide_banner", "-nostdin", "-loglevel", "warning",
         *test_pattern_input_args(p),
         *h264_aac_output_args(p),
-        "-f", "flv", url,
+        "-f", "flv", *(["-ca_file", ca_file] if ca_file else []), url,
     ]  # fmt: skip
 
 

@@ -45,16 +45,21 @@ from tidecast.db.chat import ChatLog
 from tidecast.db.leases import Leases
 from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database
+from tidecast.ingest.access import AddressRules
+from tidecast.ingest.auth import IngestAuth
+from tidecast.ingest.bans import BanPolicy, MemoryBans
 from tidecast.ingest.rtmp.server import RTMPServer
 from tidecast.ingest.sessions import PublishGate
+from tidecast.ingest.tokens import IngestTokens, JWKSKeys
+from tidecast.ingest.webhooks import Webhooks
 from tidecast.live import LiveBroadcast, LiveStatus
-from tidecast.origin.admin import admin_secrets
+from tidecast.origin.admin import admin_secrets, ingest_token_secret
 from tidecast.origin.app import AppContext, TranscodeStatus, create_app
 from tidecast.origin.blocking import max_hold
 from tidecast.origin.cache import HotCache
 from tidecast.origin.metrics import MetricsListener
 from tidecast.origin.reload import ReloadService
-from tidecast.origin.server import start_http
+from tidecast.origin.server import start_http, start_https
 from tidecast.packager.hls import epoch_of
 from tidecast.packager.leader import StreamLeadership
 from tidecast.packager.service import Packager
@@ -68,6 +73,7 @@ from tidecast.store.local import LocalStore
 from tidecast.store.retrying import RetryingStore
 from tidecast.store.retrying import is_transient as store_transient
 from tidecast.supervise import Supervisor
+from tidecast.tls import server_context
 from tidecast.transcode.coordinator import TranscodeCoordinator
 from tidecast.transcode.ladder import Ladder
 
@@ -102,6 +108,25 @@ def open_media(settings: Settings, deadline: float | None = None) -> VersionedSt
     """The configured store, retrying transient errors for ``deadline`` s per operation."""
     return open_store(settings.store_url, settings.media_dir,
                       retry=StoreRetry(deadline=deadline or settings.store_retry_deadline))  # fmt: skip
+
+
+def ingest_tokens(settings: Settings) -> IngestTokens:
+    """The ingest JWTs this deployment issues and accepts (and an external issuer's)."""
+    jwks = JWKSKeys(settings.ingest_jwks_url, timeout=settings.webhook_timeout) if settings.ingest_jwks_url else None
+    return IngestTokens(ingest_token_secret(settings), settings.ingest_token_audience, jwks=jwks,
+                        jwks_issuer=settings.ingest_jwks_issuer)  # fmt: skip
+
+
+def ingest_auth(settings: Settings, db: Database) -> IngestAuth:
+    """Who may publish, from the settings (``ingest/auth.py``)."""
+    hooks = None
+    if settings.on_publish_url or settings.on_publish_done_url:
+        hooks = Webhooks(settings.on_publish_url, settings.on_publish_done_url,
+                         settings.webhook_timeout, settings.webhook_timeout_rule)  # fmt: skip
+    bans = MemoryBans(BanPolicy(settings.ingest_max_failures, settings.ingest_failure_window,
+                                settings.ingest_ban_seconds))  # fmt: skip
+    return IngestAuth(db, tokens=ingest_tokens(settings), bans=bans, webhooks=hooks,
+                      rules=AddressRules.parse(settings.ingest_allow, settings.ingest_deny))  # fmt: skip
 
 
 async def ensure_bucket(store: VersionedStore) -> None:
@@ -163,14 +188,19 @@ class IngestNode:
             backpressure_deadline=settings.store_retry_deadline + 30,
             part_target=settings.part_target if settings.ll_hls else 0.0,
         )  # fmt: skip
-        self.gate = PublishGate(self.db, self.segmenter, self.bus, settings.reconnect_grace)
+        self.gate = PublishGate(self.db, self.segmenter, self.bus, settings.reconnect_grace,
+                                auth=ingest_auth(settings, self.db))  # fmt: skip
         self.rtmp = RTMPServer(
             self.gate, settings.host, settings.rtmp_port, settings.rtmp_app,
             handshake_timeout=settings.rtmp_handshake_timeout, idle_timeout=settings.rtmp_idle_timeout,
+            max_connections=settings.rtmp_max_connections,
+            max_per_ip=settings.rtmp_max_connections_per_ip,
+            tls=server_context(settings), tls_port=settings.rtmps_port,
         )  # fmt: skip
 
     def describe(self) -> str:
-        return f"RTMP on {self.settings.host}:{self.rtmp.port}"
+        tls = f", RTMPS on {self.settings.host}:{self.rtmp.tls_port}" if self.rtmp.tls_port else ""
+        return f"RTMP on {self.settings.host}:{self.rtmp.port}{tls}"
 
     async def start(self) -> None:
         await self.own.start()
@@ -354,12 +384,16 @@ class OriginNode:
             settings, self.db, self.live, self.admin_token, time.time(), transcode, self.recorder,
             self.chat, chat_secret, cache=self.cache,
             media_root=root.root if isinstance(root, LocalStore) else None, reload=self.reload,
+            ingest_tokens=ingest_tokens(settings),
         ))  # fmt: skip
         # backpressure metrics come from the ingest nodes' lag reports
         self.metrics = MetricsListener(self.bus)
         self._http: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._https: uvicorn.Server | None = None
+        self._https_task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
+        self.https_port: int | None = None
 
     def describe(self) -> str:
         return f"HTTP on {self.settings.url_host}:{self.http_port}"
@@ -379,15 +413,20 @@ class OriginNode:
         self._http, self._task, self.http_port = await start_http(self.app, self.settings, self.store,
                                                                   self.reload)  # fmt: skip
         log.info("origin listening on %s:%d", self.settings.host, self.http_port)
+        if self.settings.tls:
+            server_context(self.settings)  # a clear error for a bad certificate or key
+            self._https, self._https_task, self.https_port = await start_https(self.app, self.settings)
+            log.info("origin listening on %s:%d (HTTPS)", self.settings.host, self.https_port)
 
     async def stop_chat(self) -> None:
         await self.chat.aclose()
 
     async def aclose(self) -> None:
         await self.chat.aclose()
-        if self._http is not None and self._task is not None:
-            self._http.should_exit = True
-            await asyncio.gather(self._task, return_exceptions=True)
+        for server, task in ((self._http, self._task), (self._https, self._https_task)):
+            if server is not None and task is not None:
+                server.should_exit = True
+                await asyncio.gather(task, return_exceptions=True)
         if self.directory is not None:
             await self.directory.aclose()
         await self.reload.aclose()

@@ -53,6 +53,9 @@ class Stream(Base):
     recording: Mapped[bool] = mapped_column(Boolean, default=True)
     retention_mode: Mapped[str] = mapped_column(String(10), default="forever")  # forever|days|count
     retention_value: Mapped[int] = mapped_column(Integer, default=0)
+    # who may publish, on top of the global lists: CIDRs separated by spaces
+    ingest_allow: Mapped[str] = mapped_column(String(4000), server_default="")
+    ingest_deny: Mapped[str] = mapped_column(String(4000), server_default="")
     broadcasts: Mapped[list[Broadcast]] = relationship(back_populates="stream")
 
 

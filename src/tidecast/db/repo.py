@@ -62,6 +62,8 @@ class StreamInfo:
     name: str
     title: str
     created_at: datetime
+    ingest_allow: str = ""  # CIDRs, space-separated (ingest/access.py)
+    ingest_deny: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +73,7 @@ class NewStream:
 
 
 def _info(s: Stream) -> StreamInfo:
-    return StreamInfo(s.id, s.name, s.title, s.created_at)
+    return StreamInfo(s.id, s.name, s.title, s.created_at, s.ingest_allow or "", s.ingest_deny or "")
 
 
 class Database:
@@ -117,6 +119,16 @@ class Database:
             row = s.scalar(select(Stream).where(Stream.name == name))
             if row is None:
                 raise StreamNotFound(name)
+            return _info(row)
+
+    def set_ingest_access(self, name: str, allow: str, deny: str) -> StreamInfo:
+        """A stream's own CIDR lists (already validated by the caller)."""
+        with self.session() as s:
+            row = s.scalar(select(Stream).where(Stream.name == name))
+            if row is None:
+                raise StreamNotFound(name)
+            row.ingest_allow, row.ingest_deny = allow, deny
+            s.commit()
             return _info(row)
 
     def stream_for_key(self, key: str) -> StreamInfo | None:

@@ -1,9 +1,11 @@
 """Publish sessions: who may publish, which streams are live, and the broadcast lifecycle.
 
 ``PublishGate.open`` is the one place that turns a stream key into a live
-broadcast: it looks the key up, refuses unknown keys and streams that already
-have a publisher, records the broadcast, and opens the segmenter sink. Every
-ingest protocol (RTMP now, SRT/WHIP later) goes through it.
+broadcast: its policy (``IngestAuth``: keys, ingest tokens, address rules,
+bans, the ``on_publish`` webhook) admits or refuses the publisher, it refuses
+streams that already have a publisher, records the broadcast, and opens the
+segmenter sink. Every ingest protocol (RTMP/RTMPS now, SRT/WHIP later) goes
+through it; ``close`` sends ``on_publish_done``.
 
 A publisher that drops and comes back within the reconnect grace period
 continues the same broadcast (a new *part*: sequence numbers go on, the
@@ -28,6 +30,7 @@ from datetime import UTC, datetime
 from tidecast.bus.base import Bus
 from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database
+from tidecast.ingest.auth import Admission, IngestAuth, PublishRefused
 from tidecast.live import LiveBroadcast
 from tidecast.messages import BroadcastFinished
 from tidecast.segmenter.service import BroadcastSegmenter, SegmenterService
@@ -36,13 +39,7 @@ from tidecast.supervise import Supervisor
 log = logging.getLogger("tidecast.ingest")
 
 
-class PublishRefused(Exception):
-    """A publish request that must be refused; ``code`` is the RTMP status code to send."""
-
-    def __init__(self, code: str, description: str) -> None:
-        super().__init__(description)
-        self.code = code
-        self.description = description
+__all__ = ["LiveSession", "PublishGate", "PublishRefused"]
 
 
 def new_broadcast_id(now: float) -> str:
@@ -64,6 +61,7 @@ class LiveSession:
     video: str = ""  # e.g. "avc1.64001f 1920x1080"
     audio: str = ""
     closed: bool = False
+    admission: Admission | None = None
 
 
 @dataclass(slots=True)
@@ -80,9 +78,11 @@ class Paused:
 
 class PublishGate:
     def __init__(
-        self, db: Database, segmenter: SegmenterService, bus: Bus, reconnect_grace: float = 30.0
+        self, db: Database, segmenter: SegmenterService, bus: Bus, reconnect_grace: float = 30.0,
+        auth: IngestAuth | None = None,
     ) -> None:
         self.db = db
+        self.auth = auth or IngestAuth(db)
         self.recordings = Recordings(db)
         self.segmenter = segmenter
         self.bus = bus
@@ -108,30 +108,36 @@ class PublishGate:
             out[name] = LiveBroadcast(name, s.broadcast, s.started_at, s.video, s.audio)
         return out
 
-    async def open(self, key: str, remote: str, protocol: str) -> LiveSession:
-        if not key:
+    async def open(self, key: str, remote: str, protocol: str, *, ip: str = "", app: str = "") -> LiveSession:
+        """``key``: the publish name (a stream key, an ingest token, ``<stream>?token=..``);
+        ``ip``: the publisher's address (default: ``remote`` less its port)."""
+        ip = ip or remote.rpartition(":")[0] or remote
+        try:
+            admission = await self.auth.admit(key, ip, app, protocol)
+        except PublishRefused:
             self.refused += 1
-            raise PublishRefused("NetStream.Publish.BadName", "a stream key is required")
-        info = await asyncio.to_thread(self.db.stream_for_key, key)
-        if info is None:
-            self.refused += 1
-            log.warning("refused publish from %s: unknown stream key", remote)
-            raise PublishRefused("NetStream.Publish.BadName", "unknown stream key")
+            raise
+        info = admission.stream
         if info.name in self.sessions or info.name in self._claimed:
             self.refused += 1
             log.warning("refused publish to %r from %s: already live", info.name, remote)
             raise PublishRefused(
                 "NetStream.Publish.BadName", f"stream {info.name!r} already has a publisher"
             )
-        now = time.time()
-        paused = self.paused.pop(info.name, None)
-        if paused is not None:  # back within the grace period: same broadcast, next part
-            await self.supervisor.stop(self.grace_task(info.name))
-            broadcast, started_at, first_seq = paused.broadcast, paused.started_at, paused.next_sequence
-        else:
-            broadcast, started_at, first_seq = new_broadcast_id(now), now, 0
         self._claimed.add(info.name)  # claimed before any await: no double publish
         try:
+            try:
+                await self.auth.approve(admission)  # the on_publish webhook
+            except PublishRefused:
+                self.refused += 1
+                raise
+            now = time.time()
+            paused = self.paused.pop(info.name, None)
+            if paused is not None:  # back within the grace period: same broadcast, next part
+                await self.supervisor.stop(self.grace_task(info.name))
+                broadcast, started_at, first_seq = paused.broadcast, paused.started_at, paused.next_sequence
+            else:
+                broadcast, started_at, first_seq = new_broadcast_id(now), now, 0
             if paused is None:
                 recording = (await asyncio.to_thread(self.recordings.retention, info.name)).recording
                 await asyncio.to_thread(
@@ -144,7 +150,8 @@ class PublishGate:
         finally:
             self._claimed.discard(info.name)
         sink = self.segmenter.open(info.name, broadcast, now, first_sequence=first_seq, part=part)
-        session = LiveSession(info.name, info.id, broadcast, started_at, remote, protocol, sink, part)
+        session = LiveSession(info.name, info.id, broadcast, started_at, remote, protocol, sink, part,
+                              admission=admission)  # fmt: skip
         self.sessions[info.name] = session
         what = f"resumed broadcast {broadcast} (part {part})" if part else f"broadcast {broadcast}"
         log.info("%s: live from %s over %s (%s)", info.name, remote, protocol, what)
@@ -160,6 +167,8 @@ class PublishGate:
             if self.sessions.get(session.stream) is session:
                 del self.sessions[session.stream]
             log.info("%s: publisher gone (%s)", session.stream, reason)
+            if session.admission is not None:
+                self.auth.done(session.admission, reason)
         if reason == "server shutdown" or self.reconnect_grace <= 0:
             await self._finish(session.stream, session.broadcast, reason)
             return
@@ -208,3 +217,4 @@ class PublishGate:
             del self.paused[stream]
             await self._finish(stream, p.broadcast, "server shutdown")
         await self.supervisor.aclose()
+        await self.auth.aclose()  # on_publish_done calls still in flight, bounded

@@ -49,3 +49,11 @@ def admin_secrets(settings: Settings) -> tuple[str, bytes]:
         return token, hmac.new(token.encode(), b"tidecast chat tokens", hashlib.sha256).digest()
     token, _ = load_or_create_admin_token(settings.data_dir)
     return token, load_or_create_secret(settings.data_dir, "chat-secret")
+
+
+def ingest_token_secret(settings: Settings) -> bytes:
+    """The HS256 secret of the ingest tokens tidecast issues: derived from the shared
+    admin token (every node of a deployment has it), else kept in the data dir."""
+    if settings.admin_token:
+        return hmac.new(settings.admin_token.encode(), b"tidecast ingest tokens", hashlib.sha256).digest()
+    return load_or_create_secret(settings.data_dir, "ingest-secret")

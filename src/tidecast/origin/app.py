@@ -22,11 +22,13 @@ from tidecast import __version__, keys
 from tidecast.chat.hub import ChatHub
 from tidecast.config import Settings
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
+from tidecast.ingest.tokens import IngestTokens
 from tidecast.live import LiveStatus
 from tidecast.origin import files
 from tidecast.origin.blocking import parse_part_key
 from tidecast.origin.cache import HotCache
 from tidecast.origin.chat import chat_routes
+from tidecast.origin.ingest_api import ingest_router
 from tidecast.origin.metrics import metrics_router
 from tidecast.origin.recordings import recordings_router, video_pages
 from tidecast.origin.reload import PartOutcome, ReloadService, served_reply
@@ -74,6 +76,7 @@ class AppContext:
     cache: HotCache | None = None
     media_root: Path | None = None  # a local store's directory (default: <data dir>/media)
     reload: ReloadService | None = None  # LL-HLS: blocking playlist reload, hinted parts
+    ingest_tokens: IngestTokens | None = None  # issues ingest JWTs (POST .../ingest-tokens)
 
 
 # ---------------------------------------------------------------- API models
@@ -184,6 +187,8 @@ def create_app(ctx: AppContext) -> FastAPI:
         )  # fmt: skip
 
     app.include_router(api)
+    if ctx.ingest_tokens is not None:
+        app.include_router(ingest_router(ctx.db, ctx.ingest_tokens, settings, require_admin))
     app.include_router(metrics_router())
     if ctx.chat is not None:
         app.include_router(chat_routes(ctx.chat, ctx.db, ctx.chat_secret, require_admin))

@@ -4,6 +4,11 @@
 accepts connections. For a local store, GET/HEAD of stored HLS objects are
 answered by the fast path (``origin/fastpath.py``) and everything else is
 handed to uvicorn; for a remote store everything goes through the app.
+
+``start_https`` serves the same app over TLS on ``https_port`` once a
+certificate is configured. Everything there goes through the app: the fast
+path writes to the raw socket with ``sendfile(2)``, which TLS cannot take
+(kernel TLS would be the way to bring it back).
 """
 
 from __future__ import annotations
@@ -56,6 +61,26 @@ async def start_http(
         if task.done():
             await task
             raise RuntimeError("HTTP server stopped during start-up")
+        await asyncio.sleep(0.01)
+    return server, task, sock.getsockname()[1]
+
+
+async def start_https(app: object, settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """The app over TLS on ``settings.https_port`` (certificate from the settings)."""
+    sock = _bind(settings.host, settings.https_port)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", ws_max_size=16 * 1024,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=2, http="httptools",
+        ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key or None,
+        proxy_headers=False,  # uvicorn would believe X-Forwarded-For from 127.0.0.1
+    )  # fmt: skip
+    server = _EmbeddedHTTPServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="https")
+    while not server.started:
+        if task.done():
+            sock.close()
+            await task
+            raise RuntimeError("HTTPS server stopped during start-up")
         await asyncio.sleep(0.01)
     return server, task, sock.getsockname()[1]
 

@@ -1,8 +1,19 @@
 """Asyncio adapter for the sans-I/O RTMP core: sockets in, events to the publish gate.
 
-One task per connection owns its ``ServerConnection``. Timeouts close clients
-that stall in the handshake or stop sending while publishing; any protocol
-error closes that one connection with a log line — never the server.
+One task per connection owns its ``ServerConnection``. The same connections
+come in over plain TCP (RTMP) and, with an ``ssl`` context, over TLS on a port
+of their own (RTMPS): asyncio's TLS transport, so the code below is the same.
+
+Every client has one deadline from its TCP connect to an accepted publish
+(``handshake_timeout``): trickling the handshake a byte at a time does not
+extend it. A publisher then may stay silent at most ``idle_timeout`` per
+read. Connections are capped in all and per address (over the cap: closed at
+accept, logged). At ``connect`` a banned address or one outside the global
+CIDR lists is refused with ``NetConnection.Connect.Rejected``; at
+``publish`` the gate's policy decides (``ingest/auth.py``) and a refusal
+goes out as an onStatus error (``NetStream.Publish.BadName``) with its
+description. Any protocol error closes that one connection with a log line —
+never the server.
 
 After handling each read, a connection waits while a publisher's segmenter
 queue is full (``sink.room()``): it reads nothing from that socket meanwhile,
@@ -24,9 +35,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 
+from tidecast.ingest.access import parse_address
 from tidecast.ingest.rtmp import protocol as rtmp
 from tidecast.ingest.sessions import LiveSession, PublishGate, PublishRefused
 from tidecast.media import aac, h264
@@ -50,37 +63,53 @@ class RTMPStats:
     protocol_errors: int = 0
     timeouts: int = 0
     refused: int = 0
+    over_capacity: int = 0  # connections closed at accept: the global or a per-address cap
 
 
 class RTMPServer:
     def __init__(
         self, gate: PublishGate, host: str, port: int, app: str = "live",
-        handshake_timeout: float = 10.0, idle_timeout: float = 30.0, max_connections: int = 256,
-        shutdown_timeout: float = 10.0,
+        handshake_timeout: float = 10.0, idle_timeout: float = 30.0, max_connections: int = 512,
+        shutdown_timeout: float = 10.0, max_per_ip: int = 16,
+        tls: ssl.SSLContext | None = None, tls_port: int = 1936,
     ) -> None:  # fmt: skip
         self.gate = gate
         self.host = host
         self.port = port
         self.app = app
-        self.handshake_timeout = handshake_timeout
+        self.handshake_timeout = handshake_timeout  # TCP connect -> publish accepted
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections
+        self.max_per_ip = max_per_ip
         self.shutdown_timeout = shutdown_timeout
+        self.tls = tls
+        self.tls_port = tls_port if tls is not None else None
         self.stats = RTMPStats()
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task[None], Connection] = {}
+        self._per_ip: dict[str, int] = {}
         self._closing = False
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port)
+        self._server = await asyncio.start_server(self._accept_plain, self.host, self.port)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("RTMP ingest listening on %s:%d", self.host, self.port)
+        if self.tls is not None:
+            # the TLS handshake is part of the connect-to-publish deadline
+            self._tls_server = await asyncio.start_server(
+                self._accept_tls, self.host, self.tls_port, ssl=self.tls,
+                ssl_handshake_timeout=self.handshake_timeout,
+            )  # fmt: skip
+            self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+            log.info("RTMPS ingest listening on %s:%d", self.host, self.tls_port)
 
     async def aclose(self) -> None:
         self._closing = True
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         for conn in list(self._conns.values()):
             conn.stop()
         tasks = set(self._conns)
@@ -94,19 +123,37 @@ class RTMPServer:
                 _, stuck = await asyncio.wait(pending, timeout=self.shutdown_timeout)
                 if stuck:
                     log.error("%d RTMP connection(s) did not stop", len(stuck))
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                await server.wait_closed()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept_plain(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._accept(reader, writer, "rtmp")
+
+    async def _accept_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._accept(reader, writer, "rtmps")
+
+    def connections_from(self, ip: str) -> int:
+        return self._per_ip.get(ip, 0)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      protocol: str) -> None:  # fmt: skip
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
+        addr = parse_address(str(peer[0])) if peer else None
+        ip = str(addr) if addr is not None else (str(peer[0]) if peer else "?")
         remote = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if len(self._conns) >= self.max_connections:
-            log.warning("refusing %s: %d connections already", remote, len(self._conns))
+        if len(self._conns) >= self.max_connections or self._per_ip.get(ip, 0) >= self.max_per_ip:
+            self.stats.over_capacity += 1
+            if len(self._conns) >= self.max_connections:
+                log.warning("refusing %s: %d connections already", remote, len(self._conns))
+            else:
+                log.warning("refusing %s: %d connections from %s already", remote, self.max_per_ip, ip)
             writer.close()
             return
-        conn = self._conns[task] = Connection(self, reader, writer, remote)
+        conn = self._conns[task] = Connection(self, reader, writer, remote, ip, protocol)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         self.stats.connections += 1
         self.stats.active += 1
         if self._closing:
@@ -123,22 +170,30 @@ class RTMPServer:
         finally:
             self.stats.active -= 1
             del self._conns[task]
+            left = self._per_ip.pop(ip, 1) - 1
+            if left > 0:
+                self._per_ip[ip] = left
 
 
 class Connection:
     def __init__(
         self, server: RTMPServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        remote: str,
+        remote: str, ip: str = "", protocol: str = "rtmp",
     ) -> None:  # fmt: skip
         self.server = server
         self.reader = reader
         self.writer = writer
         self.remote = remote
+        self.ip = ip or remote.rpartition(":")[0]
+        self.protocol = protocol
+        self.app = ""
         self.conn = rtmp.ServerConnection()
         self.sessions: dict[int, LiveSession] = {}
         self.log = logging.LoggerAdapter(log, {})
         self.started = time.monotonic()
+        self.deadline = self.started + server.handshake_timeout  # until a publish is accepted
         self.connected = False
+        self.published = False
         self.stopping = False
         self._stopped = asyncio.Event()
 
@@ -155,12 +210,21 @@ class Connection:
         reason = "publisher disconnected"
         try:
             while not self.conn.closed:
-                timeout = self.server.idle_timeout if self.connected else self.server.handshake_timeout
+                if self.published:
+                    timeout = self.server.idle_timeout
+                else:  # one deadline from connect to publish, however the bytes trickle in
+                    timeout = self.deadline - time.monotonic()
                 try:
+                    if timeout <= 0:
+                        raise TimeoutError
                     data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
                 except TimeoutError:
                     self.server.stats.timeouts += 1
-                    log.warning("%s: no data for %.0f s, closing", self.remote, timeout)
+                    if self.published:
+                        log.warning("%s: no data for %.0f s, closing", self.remote, timeout)
+                    else:
+                        log.warning("%s: no publish within %.0f s of connecting, closing",
+                                    self.remote, self.server.handshake_timeout)  # fmt: skip
                     reason = "timeout"
                     break
                 if self.stopping:
@@ -278,22 +342,32 @@ class Connection:
             self.conn.reject_connect(f"unknown application {app!r}; publish to /{self.server.app}")
             await self._flush()
             raise CloseConnection(f"connect to unknown app {app!r}")
+        refusal = self.server.gate.auth.address_refusal(self.ip)
+        if refusal is not None:
+            self.server.stats.refused += 1
+            log.warning("%s: refused connect: %s", self.remote, refusal)
+            self.conn.reject_connect(refusal)
+            await self._flush()
+            raise CloseConnection(f"connect refused: {refusal}")
         self.connected = True
+        self.app = app
         self.conn.accept_connect()
 
     async def _on_publish(self, ev: rtmp.PublishRequest) -> None:
-        key = ev.name.split("?", 1)[0]
         if ev.stream_id in self.sessions:
             self.conn.reject_publish(ev.stream_id, "NetStream.Publish.BadName", "already publishing")
             return
         try:
-            session = await self.server.gate.open(key, self.remote, "rtmp")
+            # the name as sent: a key ("sk_..?x" drops the query), a JWT, or "<stream>?token=JWT"
+            session = await self.server.gate.open(ev.name, self.remote, self.protocol, ip=self.ip,
+                                                  app=self.app)  # fmt: skip
         except PublishRefused as exc:
             self.server.stats.refused += 1
             self.conn.reject_publish(ev.stream_id, exc.code, exc.description)
             await self._flush()
             raise CloseConnection(f"publish refused: {exc.description}") from None
         self.sessions[ev.stream_id] = session
+        self.published = True
         self.conn.accept_publish(ev.stream_id)
 
     async def _on_config(self, stream_id: int, kind: TrackKind, raw: bytes) -> None:
