@@ -48,11 +48,12 @@ from tidecast.db.repo import Database
 from tidecast.ingest.rtmp.server import RTMPServer
 from tidecast.ingest.sessions import PublishGate
 from tidecast.live import LiveBroadcast, LiveStatus
-from tidecast.origin.admin import admin_secrets
+from tidecast.origin.admin import admin_secrets, playback_secret
 from tidecast.origin.app import AppContext, TranscodeStatus, create_app
 from tidecast.origin.blocking import max_hold
 from tidecast.origin.cache import HotCache
 from tidecast.origin.metrics import MetricsListener
+from tidecast.origin.playback import PlaybackGuard
 from tidecast.origin.reload import ReloadService
 from tidecast.origin.server import start_http
 from tidecast.packager.hls import epoch_of
@@ -350,10 +351,14 @@ class OriginNode:
         # LL-HLS: blocking playlist requests and hinted parts wait here, woken by the
         # packager's PlaylistUpdated notifications (and a store poll)
         self.reload = ReloadService(self.store, self.bus, max_hold=max_hold(settings.segment_target))
+        # playback tokens and AES-128, with the secret the edge verifies tokens with too
+        self.guard = PlaybackGuard(self.db, playback_secret(settings), self.live,
+                                   rotation=settings.key_rotation)  # fmt: skip
         self.app = create_app(AppContext(
             settings, self.db, self.live, self.admin_token, time.time(), transcode, self.recorder,
             self.chat, chat_secret, cache=self.cache,
             media_root=root.root if isinstance(root, LocalStore) else None, reload=self.reload,
+            guard=self.guard,
         ))  # fmt: skip
         # backpressure metrics come from the ingest nodes' lag reports
         self.metrics = MetricsListener(self.bus)
@@ -377,7 +382,7 @@ class OriginNode:
     async def listen(self) -> None:
         await self.own.ready()
         self._http, self._task, self.http_port = await start_http(self.app, self.settings, self.store,
-                                                                  self.reload)  # fmt: skip
+                                                                  self.reload, self.guard)  # fmt: skip
         log.info("origin listening on %s:%d", self.settings.host, self.http_port)
 
     async def stop_chat(self) -> None:

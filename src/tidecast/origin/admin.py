@@ -49,3 +49,14 @@ def admin_secrets(settings: Settings) -> tuple[str, bytes]:
         return token, hmac.new(token.encode(), b"tidecast chat tokens", hashlib.sha256).digest()
     token, _ = load_or_create_admin_token(settings.data_dir)
     return token, load_or_create_secret(settings.data_dir, "chat-secret")
+
+
+def playback_secret(settings: Settings) -> str:
+    """The playback token secret (``access.tokens``): the setting, else derived from the
+    shared admin token, else made once and kept in the data dir. Letters and digits
+    only: nginx's edge config carries it as it is."""
+    if settings.playback_secret:
+        return settings.playback_secret
+    if settings.admin_token:
+        return hmac.new(settings.admin_token.encode(), b"tidecast playback tokens", hashlib.sha256).hexdigest()
+    return load_or_create_secret(settings.data_dir, "playback-secret").hex()
