@@ -432,7 +432,8 @@ class HLSFastPath(asyncio.Protocol):
                 if "_HLS_" in query and self.ll is not None and clean.endswith(".m3u8"):
                     return await self._blocking(method, clean, version, headers, query)
                 return (method, raw_path, version, headers)  # served from its file, decided now
-            self._resolve(clean)  # the same path rules
+            if d.special != "key":  # (a key is no stored file)
+                self._resolve(clean)  # the same path rules
             served = await serve_special(self.playback, d, self.load, headers, head, query, self.ll)
         except files.BadPath as exc:
             return self._json(400, str(exc), head)
