@@ -378,6 +378,8 @@ class HLSFastPath(asyncio.Protocol):
         self.busy = False
         if isinstance(action, bytes):
             self._start(action, -1, 0, 0)
+        elif len(action) == 5:  # decided by the playback guard: served from the start
+            self._serve(*action)
         else:
             method, raw_path, version, headers = action
             self._serve(method, raw_path, version, headers, "", waited=True)
@@ -419,7 +421,7 @@ class HLSFastPath(asyncio.Protocol):
                           b"retry-after: 1\r\ncache-control: no-store\r\n")  # fmt: skip
 
     async def _guarded(self, method: bytes, raw_path: str, version: bytes, headers: dict[str, str],
-                       query: str) -> bytes | tuple[bytes, str, bytes, dict[str, str]]:  # fmt: skip
+                       query: str) -> bytes | tuple[bytes, str, bytes, dict[str, str], str]:  # fmt: skip
         """A request the guard could not decide from its caches, or one it serves itself."""
         head = method == b"HEAD"
         assert self.playback is not None
@@ -428,10 +430,8 @@ class HLSFastPath(asyncio.Protocol):
             if d.status:
                 return self._json(d.status, d.detail, head, b"cache-control: no-store\r\n")
             clean = "/hls/" + tokens.split_path(raw_path[len("/hls/") :])[1]
-            if not d.special:
-                if "_HLS_" in query and self.ll is not None and clean.endswith(".m3u8"):
-                    return await self._blocking(method, clean, version, headers, query)
-                return (method, raw_path, version, headers)  # served from its file, decided now
+            if not d.special:  # served as usual, now that the guard knows (LL-HLS waits too)
+                return (method, raw_path, version, headers, query)
             if d.special != "key":  # (a key is no stored file)
                 self._resolve(clean)  # the same path rules
             served = await serve_special(self.playback, d, self.load, headers, head, query, self.ll)

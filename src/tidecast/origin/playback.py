@@ -40,7 +40,7 @@ from tidecast.access import hlskey, tokens
 from tidecast.db import transient
 from tidecast.db.playback import BroadcastKeys, Playback, Policy
 from tidecast.db.recordings import BroadcastNotFound
-from tidecast.db.repo import Database, StreamNotFound
+from tidecast.db.repo import NAME_RE, Database, StreamNotFound
 from tidecast.live import LiveStatus
 from tidecast.origin import files
 from tidecast.origin.reload import ReloadService, served_reply
@@ -154,6 +154,8 @@ class PlaybackGuard:
         stream = clean.split("/", 1)[0]
         if token is not None and "/" not in clean:
             return Decision(404, "not found")
+        if not NAME_RE.match(stream):  # no stream's: the path rules answer (400/404)
+            return Decision(0, "", clean)
         policy = self.policy_now(stream)
         if policy is _MISSING:
             return Need(stream=stream)
