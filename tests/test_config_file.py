@@ -175,3 +175,47 @@ def test_tls_files_are_checked_with_a_clear_error(tmp_path: Path) -> None:
     both = tmp_path / "both.pem"
     both.write_bytes(cert.read_bytes() + key.read_bytes())
     assert server_context(Settings(tls_cert=str(both))) is not None  # key in the cert file
+def test_playback_settings_from_file_env_and_flags(tmp_path: Path) -> None:
+    from tidecast.cli import _settings, build_parser
+
+    s = Settings()
+    assert (s.playback_secret, s.playback_token_ttl, s.password_attempts, s.key_rotation) == ("", 21600.0, 5, 10)
+    conf = tmp_path / "t.toml"
+    conf.write_text('playback_secret = "file-secret-0123456789"\nplayback_token_ttl = 600\n'
+                    "password_attempts = 3\nkey_rotation = 4\n")  # fmt: skip
+    s = from_file(conf)
+    assert (s.playback_secret, s.playback_token_ttl, s.password_attempts, s.key_rotation) == (
+        "file-secret-0123456789", 600.0, 3, 4)  # fmt: skip
+    s = from_env({"TIDECAST_PLAYBACK_SECRET": "env-secret-0123456789", "TIDECAST_KEY_ROTATION": "6",
+                  "TIDECAST_PLAYBACK_TOKEN_TTL": "120", "TIDECAST_PASSWORD_ATTEMPTS": "9"}, base=s)  # fmt: skip
+    assert (s.playback_secret, s.key_rotation, s.playback_token_ttl, s.password_attempts) == (
+        "env-secret-0123456789", 6, 120.0, 9)  # fmt: skip
+    args = build_parser().parse_args(["serve", "--playback-secret", "flag-secret-0123456789", "--key-rotation", "3",
+                                      "--playback-token-ttl", "90", "--password-attempts", "2"])  # fmt: skip
+    s = _settings(args)
+    assert (s.playback_secret, s.key_rotation, s.playback_token_ttl, s.password_attempts) == (
+        "flag-secret-0123456789", 3, 90.0, 2)  # fmt: skip
+    for bad, match in (({"playback_secret": "short"}, "playback_secret"), ({"key_rotation": 0}, "key_rotation"),
+                       ({"playback_token_ttl": 5}, "playback_token_ttl"),
+                       ({"password_attempts": 0}, "password_attempts"),
+                       ({"playback_secret": 'has "quotes" and spaces'}, "playback_secret")):  # fmt: skip
+        with pytest.raises(ConfigError, match=match):
+            Settings(**bad)  # type: ignore[arg-type]
+
+
+def test_edge_config_carries_the_origins_playback_secret(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from tidecast.cli import main
+    from tidecast.origin.admin import playback_secret
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["edge-config", "--origin", "127.0.0.1:8080", "--data-dir", str(tmp_path)]) == 0
+    secret = playback_secret(Settings(data_dir=tmp_path))  # what an origin on this data dir uses
+    assert f'secure_link_md5 "$tc_expires/hls/$tc_stream/ {secret}";' in out.getvalue()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["edge-config", "--origin", "o:1", "--playback-secret", "given-secret-0123456789"]) == 0
+    assert "given-secret-0123456789" in out.getvalue()

@@ -40,6 +40,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         workers=getattr(args, "workers", None),
         x264_preset=getattr(args, "preset", None),
         **{name: getattr(args, name, None) for name, *_ in SECURITY_FLAGS},
+        playback_secret=getattr(args, "playback_secret", None),
+        playback_token_ttl=getattr(args, "playback_token_ttl", None),
+        password_attempts=getattr(args, "password_attempts", None),
+        key_rotation=getattr(args, "key_rotation", None),
     )
 
 
@@ -94,6 +98,21 @@ def _add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--public-host", help="host name to print in URLs (env TIDECAST_PUBLIC_HOST)")
 
 
+def _add_playback(p: argparse.ArgumentParser, edge: bool = False) -> None:
+    p.add_argument("--playback-secret",
+                   help="secret of the playback tokens, shared by origins and the edge "
+                        "(env TIDECAST_PLAYBACK_SECRET; default: from the admin token or the data dir)")  # fmt: skip
+    if edge:
+        return
+    p.add_argument("--playback-token-ttl", type=float,
+                   help="seconds a token bought with a stream password lasts "
+                        "(env TIDECAST_PLAYBACK_TOKEN_TTL; default 21600)")  # fmt: skip
+    p.add_argument("--password-attempts", type=int,
+                   help="wrong stream passwords per address per minute (env TIDECAST_PASSWORD_ATTEMPTS; default 5)")  # fmt: skip
+    p.add_argument("--key-rotation", type=int,
+                   help="AES-128 streams: a new key every N segments (env TIDECAST_KEY_ROTATION; default 10)")  # fmt: skip
+
+
 def _path(text: str) -> object:
     from pathlib import Path
 
@@ -127,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="transcode worker processes (default: one per core)"
     )
     serve.add_argument("--preset", help="x264 preset for the ladder (default veryfast)")
+    _add_playback(serve)
 
     role_help = {
         "ingest": "RTMP ingest + segmenter (scale-out role)",
@@ -139,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_dir(rp)
         if name in ("ingest", "origin"):
             _add_security(rp)
+        if name == "origin":
+            _add_playback(rp)
         if name == "worker":
             rp.add_argument("--workers", type=int, help="worker processes (default: one per core)")
 
@@ -185,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--pid-file", default="/run/tidecast-edge.pid")
     edge.add_argument("--error-log", default="/var/log/tidecast-edge-error.log")
     edge.add_argument("--user", default="www-data", help="user of nginx's worker processes")
+    edge.add_argument("--config", help="the deployment's TOML config (its playback_secret)")
+    edge.add_argument("--data-dir", type=_path,
+                      help="data dir whose playback secret to use (when none is configured)")  # fmt: skip
+    _add_playback(edge, edge=True)
 
     bench = sub.add_parser("bench", help="benchmarks (figures + a baseline in the same run)")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -245,10 +271,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _tls_selfsigned(args)
         if args.command == "edge-config":
             from tidecast.edge.nginx import EdgeConfig, render
+            from tidecast.origin.admin import playback_secret
 
+            secret = playback_secret(_settings(args))
             print(render(EdgeConfig(args.origin, args.listen, args.cache_dir, args.cache_size,
                                     args.segment_target, args.pid_file, args.error_log,
-                                    user=args.user)), end="")  # fmt: skip
+                                    user=args.user, playback_secret=secret)), end="")  # fmt: skip
             return 0
         if args.command == "bench":
             from tidecast.bench import chat, latency, origin, transcode

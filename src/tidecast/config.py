@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tidecast import keys
+from tidecast.access.tokens import MAX_TTL, BadSecret, check_secret
 from tidecast.store.factory import StoreURLError, check_store_url
 from tidecast.transcode.ladder import DEFAULT_LADDER, LadderError, Rung, parse_ladder
 
@@ -101,6 +102,13 @@ class Settings:
     ingest_ban_seconds: float = 600.0  # ...ban it for this long
     rtmp_max_connections: int = 512  # RTMP(S) connections at once
     rtmp_max_connections_per_ip: int = 16  # RTMP(S) connections at once from one address
+    # playback tokens (token and password streams): the secret every origin and the nginx
+    # edge share (empty = derived from admin_token, else kept in the data dir), and how
+    # long a token the password buys lasts
+    playback_secret: str = ""
+    playback_token_ttl: float = 6 * 3600.0
+    password_attempts: int = 5  # wrong stream passwords per address per minute, then 429
+    key_rotation: int = 10  # AES-128 streams: a new key every this many segments
 
     def __post_init__(self) -> None:
         for name in ("http_port", "rtmp_port", "rtmps_port", "https_port"):
@@ -146,6 +154,17 @@ class Settings:
         if not 1 <= self.store_retry_deadline <= 3600:
             raise ConfigError("store_retry_deadline must be 1..3600 s")
         self._check_security()
+        if self.playback_secret:
+            try:
+                check_secret(self.playback_secret)
+            except BadSecret as exc:
+                raise ConfigError(str(exc)) from exc
+        if not 60 <= self.playback_token_ttl <= MAX_TTL:
+            raise ConfigError(f"playback_token_ttl must be 60..{int(MAX_TTL)} s, got {self.playback_token_ttl}")
+        if not 1 <= self.password_attempts <= 1000:
+            raise ConfigError(f"password_attempts must be 1..1000, got {self.password_attempts}")
+        if not 1 <= self.key_rotation <= 1_000_000:
+            raise ConfigError(f"key_rotation must be 1..1000000 segments, got {self.key_rotation}")
         if not self.transcode_lag_threshold > 0:
             raise ConfigError(
                 f"transcode_lag_threshold must be positive, got {self.transcode_lag_threshold}"
@@ -293,6 +312,10 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "ingest_ban_seconds": float,
     "rtmp_max_connections": int,
     "rtmp_max_connections_per_ip": int,
+    "playback_secret": str,
+    "playback_token_ttl": float,
+    "password_attempts": int,
+    "key_rotation": int,
 }
 
 

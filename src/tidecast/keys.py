@@ -14,6 +14,7 @@ Every object of a stream lives under ``hls/<stream>/``::
     hls/<stream>/<broadcast>/jobs/<sequence:06d>-<rungs hash>.json       transcode job outputs
     hls/<stream>/<broadcast>/jobs/<sequence:06d>-r-<rendition>.json      a rendition's encode
     hls/<stream>/<broadcast>/clips/<clip>/...                            a clip's playlists
+    hls/<stream>/<broadcast>/keys/<index:06d>.key     AES-128 key (served, never stored)
 
 The origin serves ``hls/...`` at ``/hls/...``; playlists name their objects
 relative to themselves (``relative``).
@@ -31,6 +32,7 @@ MASTER = "master"
 
 _SEGMENT = re.compile(r"^(\d{6,})\.m4s$")
 _PART = re.compile(r"^(\d{6,})\.(\d+)\.m4s$")
+_AES_KEY = re.compile(r"^(\d{6,})\.key$")
 
 
 def stream_prefix(stream: str) -> str:
@@ -102,6 +104,12 @@ def job_outputs(stream: str, broadcast: str, sequence: int, rungs: tuple[str, ..
     return f"{broadcast_prefix(stream, broadcast)}/jobs/{sequence:06d}-{tag}.json"
 
 
+def aes_key(stream: str, broadcast: str, index: int) -> str:
+    """The URI of a broadcast's AES-128 key number ``index`` (``access.hlskey``): made
+    from the broadcast's seed when asked for, never stored."""
+    return f"{broadcast_prefix(stream, broadcast)}/keys/{index:06d}.key"
+
+
 def relative(key: str, base_dir: str) -> str:
     """``key`` as a URI relative to the directory ``base_dir`` (a playlist's own)."""
     return posixpath.relpath(key, base_dir)
@@ -115,7 +123,7 @@ def url_path(key: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """What a key names. ``kind`` is one of: live_playlist, live_master, vod_playlist,
-    vod_master, poster, init, segment, part, job, clip, other. ``index`` is a part's."""
+    vod_master, poster, init, segment, part, aes_key, job, clip, other. ``index`` is a part's."""
 
     kind: str
     stream: str
@@ -152,6 +160,11 @@ def parse(key: str) -> Parsed | None:
         return Parsed("clip", stream, broadcast)
     if len(parts) == 5:
         rendition, name = parts[3], parts[4]
+        if rendition == "keys":
+            m = _AES_KEY.match(name)
+            if m:
+                return Parsed("aes_key", stream, broadcast, sequence=int(m.group(1)))
+            return Parsed("other", stream, broadcast)
         if rendition == "jobs" and name.endswith(".json"):
             return Parsed("job", stream, broadcast, sequence=int(name.split("-", 1)[0]))
         m = _SEGMENT.match(name)

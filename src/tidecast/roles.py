@@ -53,11 +53,12 @@ from tidecast.ingest.sessions import PublishGate
 from tidecast.ingest.tokens import IngestTokens, JWKSKeys
 from tidecast.ingest.webhooks import Webhooks
 from tidecast.live import LiveBroadcast, LiveStatus
-from tidecast.origin.admin import admin_secrets, ingest_token_secret
+from tidecast.origin.admin import admin_secrets, ingest_token_secret, playback_secret
 from tidecast.origin.app import AppContext, TranscodeStatus, create_app
 from tidecast.origin.blocking import max_hold
 from tidecast.origin.cache import HotCache
 from tidecast.origin.metrics import MetricsListener
+from tidecast.origin.playback import PlaybackGuard
 from tidecast.origin.reload import ReloadService
 from tidecast.origin.server import start_http, start_https
 from tidecast.packager.hls import epoch_of
@@ -380,11 +381,15 @@ class OriginNode:
         # LL-HLS: blocking playlist requests and hinted parts wait here, woken by the
         # packager's PlaylistUpdated notifications (and a store poll)
         self.reload = ReloadService(self.store, self.bus, max_hold=max_hold(settings.segment_target))
+        # playback tokens and AES-128, with the secret the edge verifies tokens with too
+        self.guard = PlaybackGuard(self.db, playback_secret(settings), self.live,
+                                   rotation=settings.key_rotation)  # fmt: skip
         self.app = create_app(AppContext(
             settings, self.db, self.live, self.admin_token, time.time(), transcode, self.recorder,
             self.chat, chat_secret, cache=self.cache,
             media_root=root.root if isinstance(root, LocalStore) else None, reload=self.reload,
             ingest_tokens=ingest_tokens(settings),
+            guard=self.guard,
         ))  # fmt: skip
         # backpressure metrics come from the ingest nodes' lag reports
         self.metrics = MetricsListener(self.bus)
@@ -411,7 +416,7 @@ class OriginNode:
     async def listen(self) -> None:
         await self.own.ready()
         self._http, self._task, self.http_port = await start_http(self.app, self.settings, self.store,
-                                                                  self.reload)  # fmt: skip
+                                                                  self.reload, self.guard)  # fmt: skip
         log.info("origin listening on %s:%d", self.settings.host, self.http_port)
         if self.settings.tls:
             server_context(self.settings)  # a clear error for a bad certificate or key

@@ -36,9 +36,27 @@ def test_ll_hls_rules_wait_longer_than_the_origin_holds() -> None:
                 assert m is not None and int(m.group(1)) > max_hold(target), (target, directive)
             # a hold that ended is not held again at the next origin
             assert "proxy_next_upstream error timeout http_502 http_504;" in block
-        assert "proxy_cache_key $scheme$proxy_host$uri$is_args$args;" in blocking  # the query too
+        # every request is cached under its query too (and its token scope, see below)
+        assert 'proxy_cache_key "$tc_scope|$scheme$proxy_host$tc_object$is_args$args";' in text
         assert "proxy_cache_valid 503 1s;" in blocking
         assert "proxy_cache_valid 200 206 1d;" in parts and "404" not in parts  # parts: never a kept 404
     assert 'if ($arg__HLS_msn != "") { return 418; }' in text and "error_page 418 = @blocking;" in text
     # the part location comes before the segments' (nginx takes the first regex that matches)
     assert text.index('location ~ "/\\d{6,}') < text.index("location ~ \\.(m4s|mp4|jpg)$")
+
+
+def test_playback_tokens_are_checked_before_the_cache() -> None:
+    text = render(EdgeConfig(origins=["10.0.0.1:8080"], playback_secret="shared-secret-0123456789"))
+    assert "secure_link $tc_hash,$tc_expires;" in text
+    assert 'secure_link_md5 "$tc_expires/hls/$tc_stream/ shared-secret-0123456789";' in text
+    assert "if ($tc_path_refused) { return 403; }" in text
+    key_block = text.split("location ~ \\.key$ {", 1)[1].split("}", 1)[0]
+    assert "proxy_cache off;" in key_block  # keys are never cached
+    for block in text.split("location ")[1:]:
+        if "proxy_cache_valid 200 206 1d;" in block:  # segments and parts: origin's "private" ignored
+            assert "proxy_ignore_headers Cache-Control Expires;" in block
+    # without a secret, a request with a token is never answered from (or kept in) the cache
+    bare = render(EdgeConfig(origins=["10.0.0.1:8080"]))
+    assert "secure_link" not in bare and "default bypass;" in bare and "proxy_no_cache $tc_bypass;" in bare
+    with pytest.raises(ValueError, match="playback secret"):
+        render(EdgeConfig(origins=["10.0.0.1:8080"], playback_secret='bad" secret'))

@@ -56,6 +56,11 @@ class Stream(Base):
     # who may publish, on top of the global lists: CIDRs separated by spaces
     ingest_allow: Mapped[str] = mapped_column(String(4000), server_default="")
     ingest_deny: Mapped[str] = mapped_column(String(4000), server_default="")
+    # who may watch (and chat, and see recordings): public | token | password
+    access: Mapped[str] = mapped_column(String(10), default="public", server_default="public")
+    password_hash: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # HLS encryption of the broadcasts that start from now on: none | aes-128
+    encryption: Mapped[str] = mapped_column(String(10), default="none", server_default="none")
     broadcasts: Mapped[list[Broadcast]] = relationship(back_populates="stream")
 
 
@@ -77,6 +82,9 @@ class Broadcast(Base):
     # segments listed as EXT-X-GAP, and segments re-made after a gap (their rows say which)
     gaps: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     healed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # AES-128: the seed of this broadcast's keys (hex); "" = in the clear. Set when it
+    # starts, from its stream's encryption, and kept: its VOD keeps its keys
+    key_seed: Mapped[str] = mapped_column(String(64), default="", server_default="")
     stream: Mapped[Stream] = relationship(back_populates="broadcasts")
 
 

@@ -220,8 +220,10 @@ class Recordings:
         self, stream_id: int, broadcast: str, started_at: datetime, title: str, recorded: bool
     ) -> None:
         with self.db.session() as s:
+            stream = s.get(Stream, stream_id)
+            seed = secrets.token_hex(16) if stream is not None and stream.encryption == "aes-128" else ""
             s.add(Broadcast(id=broadcast, stream_id=stream_id, started_at=started_at, title=title,
-                            recorded=recorded))  # fmt: skip
+                            recorded=recorded, key_seed=seed))  # fmt: skip
             s.commit()
 
     def resume(self, broadcast: str) -> int:

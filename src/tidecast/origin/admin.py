@@ -57,3 +57,12 @@ def ingest_token_secret(settings: Settings) -> bytes:
     if settings.admin_token:
         return hmac.new(settings.admin_token.encode(), b"tidecast ingest tokens", hashlib.sha256).digest()
     return load_or_create_secret(settings.data_dir, "ingest-secret")
+def playback_secret(settings: Settings) -> str:
+    """The playback token secret (``access.tokens``): the setting, else derived from the
+    shared admin token, else made once and kept in the data dir. Letters and digits
+    only: nginx's edge config carries it as it is."""
+    if settings.playback_secret:
+        return settings.playback_secret
+    if settings.admin_token:
+        return hmac.new(settings.admin_token.encode(), b"tidecast playback tokens", hashlib.sha256).hexdigest()
+    return load_or_create_secret(settings.data_dir, "playback-secret").hex()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from tidecast import __version__, keys
+from tidecast.access import tokens
 from tidecast.chat.hub import ChatHub
 from tidecast.config import Settings
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
@@ -30,6 +32,8 @@ from tidecast.origin.cache import HotCache
 from tidecast.origin.chat import chat_routes
 from tidecast.origin.ingest_api import ingest_router
 from tidecast.origin.metrics import metrics_router
+from tidecast.origin.playback import Decision, Loader, PlaybackGuard, local_loader, serve_special
+from tidecast.origin.playback_api import PlaybackGate, playback_router
 from tidecast.origin.recordings import recordings_router, video_pages
 from tidecast.origin.reload import PartOutcome, ReloadService, served_reply
 from tidecast.recorder.service import Recorder
@@ -77,6 +81,7 @@ class AppContext:
     media_root: Path | None = None  # a local store's directory (default: <data dir>/media)
     reload: ReloadService | None = None  # LL-HLS: blocking playlist reload, hinted parts
     ingest_tokens: IngestTokens | None = None  # issues ingest JWTs (POST .../ingest-tokens)
+    guard: PlaybackGuard | None = None  # playback tokens, AES-128 (None: every stream public)
 
 
 # ---------------------------------------------------------------- API models
@@ -189,6 +194,9 @@ def create_app(ctx: AppContext) -> FastAPI:
     app.include_router(api)
     if ctx.ingest_tokens is not None:
         app.include_router(ingest_router(ctx.db, ctx.ingest_tokens, settings, require_admin))
+    if ctx.guard is not None:
+        app.include_router(playback_router(ctx.guard, settings, require_admin))
+        app.add_middleware(PlaybackGate, guard=ctx.guard)  # downloads, chat, chat replay
     app.include_router(metrics_router())
     if ctx.chat is not None:
         app.include_router(chat_routes(ctx.chat, ctx.db, ctx.chat_secret, require_admin))
@@ -230,12 +238,39 @@ def create_app(ctx: AppContext) -> FastAPI:
                     ctx.cache.forget_missing(key)
         raise AssertionError("unreachable")
 
+    load: Loader
+    if ctx.cache is not None:
+        cache = ctx.cache
+
+        async def load(key: str) -> tuple[bytes, str, float]:
+            obj = await cache.get(key)
+            return obj.body, obj.etag, obj.mtime
+    else:
+        load = local_loader(media_root)
+
+    async def guarded(path: str, raw: str, request: Request, head: bool) -> files.ServedObject:
+        """The playback guard's word first (tokens, encrypted broadcasts), then the object."""
+        if ctx.guard is None:
+            return await stored_object(path, raw, request, head)
+        d: Decision = await ctx.guard.decide(path, request.headers.get("cookie", ""))
+        if d.status:
+            body = b"" if head else json.dumps({"detail": d.detail}).encode()
+            return files.ServedObject(d.status, {"content-type": "application/json",
+                                                 "cache-control": "no-store"}, body)  # fmt: skip
+        raw_rest = tokens.split_path(raw[len("/hls/") :])[1] if raw.startswith("/hls/") else raw
+        if d.special:
+            files.resolve(media_root / "hls", "/hls/" + raw_rest, d.path)  # the same path rules
+            query = request.scope.get("query_string", b"").decode("latin-1")
+            return await serve_special(ctx.guard, d, load, request.headers, head, query, ctx.reload)
+        served = await stored_object(d.path, "/hls/" + raw_rest, request, head)
+        return ctx.guard.finish(d, served)
+
     @app.api_route("/hls/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
     async def hls(path: str, request: Request) -> Response:
         raw = request.scope.get("raw_path", b"").decode("latin-1")
         head = request.method == "HEAD"
         try:
-            served = await stored_object(path, raw, request, head)
+            served = await guarded(path, raw, request, head)
         except files.BadPath as exc:
             return JSONResponse({"detail": str(exc)}, 400, headers=CORS)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ObjectNotFound):

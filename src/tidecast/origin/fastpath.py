@@ -16,6 +16,12 @@ under ``/hls/`` (an API call, a page, a WebSocket upgrade, anything with a
 body) hands the connection — with every byte read so far — to uvicorn's own
 HTTP protocol, which serves it and the rest of the connection through the app.
 
+Playback access (``origin/playback.py``): every request asks the guard first,
+from its caches; one it cannot answer from them (a policy to read again, a
+broadcast not seen yet) waits as a task, like an LL-HLS request. Objects that
+are served differently (keys, encrypted segments, playlists that get EXT-X-KEY
+tags) are built by the guard as the app builds them.
+
 LL-HLS waits stay here too (``origin/reload.py``): a playlist request with
 delivery directives, and a request for a part that is not stored yet, run as
 a task on the connection (later requests on it queue behind, as pipelined
@@ -40,8 +46,10 @@ from urllib.parse import unquote
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tidecast.access import tokens
 from tidecast.origin import files
 from tidecast.origin.blocking import PartRef, parse_part_key
+from tidecast.origin.playback import Decision, Need, PlaybackGuard, local_loader, serve_special
 from tidecast.origin.reload import PartOutcome, ReloadService, served_reply
 from tidecast.store.base import ObjectNotFound
 
@@ -54,7 +62,7 @@ CORS = (
     b"access-control-expose-headers: Content-Length, Content-Range, ETag, Age\r\n"
 )
 REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified", 400: b"Bad Request",
-           404: b"Not Found", 416: b"Range Not Satisfiable", 503: b"Service Unavailable"}  # fmt: skip
+           403: b"Forbidden", 404: b"Not Found", 416: b"Range Not Satisfiable", 503: b"Service Unavailable"}  # fmt: skip
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _CORK = getattr(socket, "TCP_CORK", 0)  # Linux
@@ -70,14 +78,18 @@ def _date() -> bytes:
     return _date_cache[1]
 
 
-def fast_path_protocol(media_root: Path, reload: ReloadService | None = None) -> type[asyncio.Protocol]:
+def fast_path_protocol(media_root: Path, reload: ReloadService | None = None,
+                       guard: PlaybackGuard | None = None) -> type[asyncio.Protocol]:  # fmt: skip
     """The protocol class to give uvicorn (``Config(http=...)``) for one media root;
-    ``reload`` answers LL-HLS requests that wait (none: they are served as files)."""
+    ``reload`` answers LL-HLS requests that wait (none: they are served as files);
+    ``guard`` decides who may have what (none: everything is public)."""
     root = media_root.resolve()
 
     class Protocol(HLSFastPath):
         media_root = root
         ll = reload
+        playback = guard
+        load = staticmethod(local_loader(root))
         root_prefix = str(root) + os.sep
         hls_prefix = str(root / "hls") + os.sep
         heads: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}  # noqa: RUF012 - one per root
@@ -92,6 +104,8 @@ class HLSFastPath(asyncio.Protocol):
     # the header block of a plain 200 GET per file (as long as the file is unchanged)
     heads: dict[str, tuple[tuple[int, int, int, int], bytes]]
     ll: ReloadService | None = None
+    playback: PlaybackGuard | None = None
+    load: Any = None
 
     def __init__(
         self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None
@@ -225,6 +239,17 @@ class HLSFastPath(asyncio.Protocol):
             conn == "close" if version == b"HTTP/1.1" else conn != "keep-alive"
         )
         head = method == b"HEAD"
+        private = False
+        if self.playback is not None:
+            d = self.playback.check(unquote(raw_path)[len("/hls/") :], headers.get("cookie", ""))
+            if isinstance(d, Need) or (isinstance(d, Decision) and d.special):
+                self._hold(self._guarded(method, raw_path, version, headers, query))
+                return
+            if d.status:
+                self._start(self._json(d.status, d.detail, head, b"cache-control: no-store\r\n"), -1, 0, 0)
+                return
+            raw_path = "/hls/" + tokens.split_path(raw_path[len("/hls/") :])[1]
+            private = d.private
         if "_HLS_" in query and self.ll is not None and raw_path.endswith(".m3u8") and not waited:
             self._hold(self._blocking(method, raw_path, version, headers, query))
             return
@@ -240,6 +265,7 @@ class HLSFastPath(asyncio.Protocol):
                 raise files.BadPath("outside the media root")  # a symlinked directory on the way
             plain = (
                 not head
+                and not private
                 and suffix not in files.PLAYLIST_TYPES
                 and not (headers.keys() & _CONDITIONAL)
             )
@@ -260,6 +286,8 @@ class HLSFastPath(asyncio.Protocol):
             served = files.respond(
                 suffix, files.etag_for(st), st.st_mtime, st.st_size, read, headers, head
             )
+            if private and self.playback is not None:
+                served = self.playback.finish(Decision(0, private=True), served)
         except files.BadPath as exc:
             self._finish_fd(file_fd)
             self._send_json(400, str(exc), head)
@@ -350,6 +378,8 @@ class HLSFastPath(asyncio.Protocol):
         self.busy = False
         if isinstance(action, bytes):
             self._start(action, -1, 0, 0)
+        elif len(action) == 5:  # decided by the playback guard: served from the start
+            self._serve(*action)
         else:
             method, raw_path, version, headers = action
             self._serve(method, raw_path, version, headers, "", waited=True)
@@ -389,6 +419,30 @@ class HLSFastPath(asyncio.Protocol):
             return self._json(404, "not found", head)
         return self._json(503, "the part is not stored yet; try again", head,
                           b"retry-after: 1\r\ncache-control: no-store\r\n")  # fmt: skip
+
+    async def _guarded(self, method: bytes, raw_path: str, version: bytes, headers: dict[str, str],
+                       query: str) -> bytes | tuple[bytes, str, bytes, dict[str, str], str]:  # fmt: skip
+        """A request the guard could not decide from its caches, or one it serves itself."""
+        head = method == b"HEAD"
+        assert self.playback is not None
+        try:
+            d = await self.playback.decide(unquote(raw_path)[len("/hls/") :], headers.get("cookie", ""))
+            if d.status:
+                return self._json(d.status, d.detail, head, b"cache-control: no-store\r\n")
+            clean = "/hls/" + tokens.split_path(raw_path[len("/hls/") :])[1]
+            if not d.special:  # served as usual, now that the guard knows (LL-HLS waits too)
+                return (method, raw_path, version, headers, query)
+            if d.special != "key":  # (a key is no stored file)
+                self._resolve(clean)  # the same path rules
+            served = await serve_special(self.playback, d, self.load, headers, head, query, self.ll)
+        except files.BadPath as exc:
+            return self._json(400, str(exc), head)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ObjectNotFound):
+            return self._json(404, "not found", head)
+        except Exception as exc:  # noqa: BLE001 - the database or the store is away, not the object
+            log.warning("cannot decide or serve %s: %r", raw_path, exc)
+            return self._json(503, "try again", head, b"retry-after: 1\r\ncache-control: no-store\r\n")
+        return self._head_of(served) + (b"" if head else served.body)
 
     def _head_of(self, served: files.ServedObject) -> bytes:
         fields = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in served.headers.items())

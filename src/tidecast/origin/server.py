@@ -22,6 +22,7 @@ import uvicorn
 
 from tidecast.config import Settings
 from tidecast.origin.fastpath import fast_path_protocol
+from tidecast.origin.playback import PlaybackGuard
 from tidecast.origin.reload import ReloadService
 from tidecast.store.factory import unwrap
 from tidecast.store.local import LocalStore
@@ -35,25 +36,28 @@ class _EmbeddedHTTPServer(uvicorn.Server):
         yield
 
 
-def http_protocol(store: object, reload: ReloadService | None = None) -> type[asyncio.Protocol] | str:
+def http_protocol(
+    store: object, reload: ReloadService | None = None, guard: PlaybackGuard | None = None
+) -> type[asyncio.Protocol] | str:
     """Stored HLS objects of a local store go out through the sendfile fast path
     (LL-HLS waits through ``reload`` there too); everything else (and a remote
     store's objects) through the app."""
     local = unwrap(store)
     if isinstance(local, LocalStore):
-        return fast_path_protocol(local.root, reload)
+        return fast_path_protocol(local.root, reload, guard)
     return "httptools"
 
 
 async def start_http(
-    app: object, settings: Settings, store: object, reload: ReloadService | None = None
-) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    app: object, settings: Settings, store: object, reload: ReloadService | None = None,
+    guard: PlaybackGuard | None = None,
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:  # fmt: skip
     """Serve ``app`` on the configured address (the fast path in front for a local
     store); returns once it accepts connections: (server, its task, bound port)."""
     sock = _bind(settings.host, settings.http_port)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", ws_max_size=16 * 1024,  # type: ignore[arg-type]
-        timeout_graceful_shutdown=2, http=http_protocol(store, reload),
+        timeout_graceful_shutdown=2, http=http_protocol(store, reload, guard),
     )  # fmt: skip
     server = _EmbeddedHTTPServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http")

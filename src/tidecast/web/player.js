@@ -244,6 +244,70 @@
     }
   }, 5000);
 
+  // Playback access: a stream that is not public needs a token, which the browser keeps
+  // as a cookie. It comes from a ?token= link (taken out of the address bar at once) or in
+  // exchange for the stream's password; then hls.js and chat work as for a public stream.
+  async function ensureAccess(stream) {
+    let info;
+    try {
+      const r = await fetch("/api/v1/streams/" + encodeURIComponent(stream) + "/playback");
+      if (!r.ok) return;
+      info = await r.json();
+    } catch (e) {
+      player.errors.push("access: " + e);
+      return;
+    }
+    player.access = info.access;
+    if (info.access === "public" || info.token_valid) return;
+    const url = new URL(location.href);
+    const linked = url.searchParams.get("token");
+    if (linked) {
+      url.searchParams.delete("token");
+      history.replaceState(null, "", url.pathname + url.search + url.hash);
+      if (await exchange(stream, { token: linked })) return;
+    }
+    if (info.access !== "password") {
+      setState("needs a playback token");
+      offline.firstChild.textContent = "This stream needs a playback link";
+      await new Promise(() => {}); // nothing more to do without one
+    }
+    await askPassword(stream);
+  }
+
+  async function exchange(stream, body) {
+    const r = await fetch("/api/v1/streams/" + encodeURIComponent(stream) + "/playback-session", {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+    });
+    if (r.ok) return true;
+    let detail = r.status === 429 ? "too many attempts; wait a minute" : "refused";
+    try { detail = (await r.json()).detail || detail; } catch (e) { /* no JSON body */ }
+    player.accessError = detail;
+    return false;
+  }
+
+  function askPassword(stream) {
+    setState("password");
+    const form = document.createElement("form");
+    form.id = "password-form";
+    form.className = "overlay";
+    form.innerHTML = '<div>This stream is password-protected</div>' +
+      '<input id="password" type="password" autocomplete="current-password" required placeholder="password">' +
+      '<button type="submit">Watch</button><div class="muted" id="password-error"></div>';
+    document.querySelector(".player").appendChild(form);
+    return new Promise((resolve) => {
+      form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        const ok = await exchange(stream, { password: form.querySelector("#password").value });
+        if (ok) {
+          form.remove();
+          resolve();
+        } else {
+          form.querySelector("#password-error").textContent = player.accessError;
+        }
+      });
+    });
+  }
+
   async function openRecording() {
     // a broadcast (live or VOD) or a clip
     let r = await fetch("/api/v1/broadcasts/" + encodeURIComponent(name));
@@ -258,6 +322,7 @@
     }
     document.getElementById("title").textContent = info.title || info.stream;
     document.title = (info.title || info.stream) + " — tidecast";
+    if (player.access === undefined) await ensureAccess(info.stream);
     if (info.hls_url) {
       src = info.hls_url;
       start();
@@ -276,6 +341,6 @@
     openRecording();
   } else {
     setState("offline");
-    poll();
+    ensureAccess(name).then(poll);
   }
 })();
