@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--gop", type=float, default=2.0, help="keyframe interval, seconds")
     pub.add_argument("--bitrate", type=int, default=2500, help="video kbit/s")
     pub.add_argument("--no-clock", action="store_true", help="no burnt-in wall clock")
+    pub.add_argument("--stamp", action="store_true",
+                     help="also a machine-readable wall clock (ms) in a band of black and white "
+                          "blocks along the top, for glass-to-glass measurements")  # fmt: skip
 
     edge = sub.add_parser("edge-config", help="print an nginx caching-edge config for N origins")
     edge.add_argument(
@@ -368,6 +371,7 @@ def _publish(args: argparse.Namespace) -> int:
     pattern = ffmpeg.TestPattern(
         width=w, height=h, fps=args.fps, gop_seconds=args.gop, video_bitrate_k=args.bitrate,
         duration=args.duration, clock=not args.no_clock, font=ffmpeg.clock_font(),
+        stamp="wall" if args.stamp else "",
     )  # fmt: skip
     cmd = ffmpeg.publish_test_pattern_args(pattern, args.url, ffmpeg.ffmpeg_exe())
 

@@ -16,6 +16,9 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from tidecast.media import stamp as clock_stamp
 
 log = logging.getLogger("tidecast.ffmpeg")
 
@@ -68,6 +71,10 @@ class TestPattern:
     realtime: bool = True  # read input at native rate (-re), like a live camera
     preset: str = "veryfast"
     font: str | None = None
+    # a machine-readable clock in every frame (``media.stamp``): "media" = the frame's
+    # media time in ms (for a rendered source published later), "wall" = the wall
+    # clock in ms when the frame is made (for a live test pattern); "" = none
+    stamp: Literal["", "media", "wall"] = ""
 
     @property
     def gop_frames(self) -> int:
@@ -85,6 +92,40 @@ def _drawtext_clock(font: str | None, height: int) -> str:
     )
 
 
+def _stamp_cell_expr(constant: int, positions: tuple[int, ...]) -> str:
+    """1 when the cell is white: the parity of ``constant`` plus those bits of the value
+    (the frame's time in ms modulo 2^30, kept in variable 0)."""
+    value = f"st(0,mod(floor(t*1000+0.5),{clock_stamp.MODULUS}))"
+    terms = "+".join(f"mod(floor(ld(0)/{1 << k}),2)" for k in positions)
+    return f"{value};mod({constant}+{terms},2)"
+
+
+def stamp_filter(width: int, height: int, clock: Literal["media", "wall"], fps: int) -> str:
+    """Filters drawing ``media.stamp``'s cells into ``width`` x ``height`` frames: the
+    band black, then every cell that may be white as a filled white box switched on
+    per frame by its ``enable`` expression (evaluated once a frame, not per pixel).
+
+    For the "wall" clock the frames' timestamps are set to the wall clock in ms while
+    the cells are drawn (``RTCTIME``, the same instant for every cell of a frame, so the
+    check bits agree with the value), then back to frame counts."""
+    x, y, w, h = clock_stamp.cell_box(0, width, height)
+    chain = []
+    if clock == "wall":
+        chain += ["settb=1/1000", "setpts=floor(RTCTIME/1000)"]
+    chain.append(f"drawbox=x=0:y=0:w={width}:h={h}:color=black:t=fill")
+    for i, (constant, positions) in enumerate(clock_stamp.bit_terms()):
+        if not positions and not constant:
+            continue  # always black
+        x, y, w, h = clock_stamp.cell_box(i, width, height)
+        box = f"drawbox=x={x}:y={y}:w={w}:h={h}:color=white:t=fill"
+        if positions:
+            box += f":enable='{_stamp_cell_expr(constant, positions)}'"
+        chain.append(box)
+    if clock == "wall":
+        chain += [f"settb=1/{fps}", "setpts=N"]
+    return ",".join(chain)
+
+
 def test_pattern_input_args(p: TestPattern) -> list[str]:
     """lavfi inputs and filters for a test pattern (no output options)."""
     args: list[str] = []
@@ -100,8 +141,13 @@ def test_pattern_input_args(p: TestPattern) -> list[str]:
     if p.duration is not None:
         asrc += f":duration={p.duration:g}"
     args += ["-f", "lavfi", "-i", asrc]
+    filters = []
+    if p.stamp:
+        filters.append(stamp_filter(p.width, p.height, p.stamp, p.fps))
     if p.clock:
-        args += ["-vf", _drawtext_clock(p.font, p.height)]
+        filters.append(_drawtext_clock(p.font, p.height))
+    if filters:
+        args += ["-vf", ",".join(filters)]
     return args
 
 
