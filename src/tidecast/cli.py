@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--clients", type=int, default=2000)
     ch.add_argument("--rate", type=float, default=10, help="messages per second")
     ch.add_argument("--seconds", type=float, default=10)
+    gg = bsub.add_parser("g2g", help="glass to glass in Chromium through the nginx edge, LL-HLS and HLS")
+    gg.add_argument("--seconds", type=float, default=60, help="measured seconds per configuration")
+    gg.add_argument("--warmup", type=float, default=15, help="seconds of playback before measuring")
+    gg.add_argument("--configs", default="ll-pass,ll-720,ll-1080,hls-720",
+                    help="comma-separated, of ll-pass, ll-720, ll-1080, hls-720 (the baseline)")  # fmt: skip
+    gg.add_argument("--sources", help="directory that keeps the rendered sources between runs")
+    gg.add_argument("--part-target", type=float, help="LL-HLS part duration, s (default: the server's)")
     og = bsub.add_parser("origin", help="tidecast origin vs nginx, same live segments, wrk")
     og.add_argument("--seconds", type=float, default=10, help="seconds per wrk run")
     og.add_argument("--connections", type=int, default=64, help="wrk connections")
@@ -207,10 +214,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     user=args.user)), end="")  # fmt: skip
             return 0
         if args.command == "bench":
-            from tidecast.bench import chat, latency, origin, transcode
+            from tidecast.bench import chat, g2g, latency, origin, transcode
 
             bench = {"latency": latency.main, "transcode": transcode.main, "chat": chat.main,
-                     "origin": origin.main}[args.bench_command]  # fmt: skip
+                     "origin": origin.main, "g2g": g2g.main}[args.bench_command]  # fmt: skip
             return asyncio.run(bench(args))
     except ConfigError as exc:
         print(f"tidecast: {exc}", file=sys.stderr)

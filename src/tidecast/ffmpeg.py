@@ -195,16 +195,27 @@ def render_test_pattern_args(
 
 
 def publish_file_args(
-    path: str, url: str, exe: str = "ffmpeg", realtime: bool = True, loops: int = 0
-) -> list[str]:
+    path: str, url: str, exe: str = "ffmpeg", realtime: bool = True, loops: int = 0, *,
+    like_a_camera: bool = False, progress: bool = False,
+) -> list[str]:  # fmt: skip
     """ffmpeg re-publishing an already encoded file to RTMP without re-encoding
-    (``loops`` more times after the first, timestamps running on)."""
+    (``loops`` more times after the first, timestamps running on).
+
+    ``like_a_camera``: no initial burst (``-re`` alone sends the first 0.5 s at once,
+    and ffmpeg 9 takes a burst of 0 for its default: hence 1 ms), so every frame
+    leaves at publish start + its media time, as a live encoder sends it. ``progress``: ffmpeg writes ``key=value`` progress lines (``out_time_us``, what
+    it has sent) to stdout every 0.1 s."""
     args = [exe, "-hide_banner", "-nostdin", "-loglevel", "warning"]
     if realtime:
         args += ["-re"]
+        if like_a_camera:
+            args += ["-readrate_initial_burst", "0.001"]
     if loops:
         args += ["-stream_loop", str(loops)]
-    return [*args, "-i", path, "-c", "copy", "-f", "flv", url]
+    args += ["-i", path, "-c", "copy"]
+    if progress:
+        args += ["-progress", "pipe:1", "-stats_period", "0.1"]
+    return [*args, "-f", "flv", url]
 
 
 # ---------------------------------------------------------------- running
@@ -261,12 +272,13 @@ class FFmpegProcess:
         return self.proc.returncode
 
 
-async def spawn(args: Sequence[str], name: str = "ffmpeg") -> FFmpegProcess:
-    """Start ffmpeg (never through a shell) with stderr captured."""
+async def spawn(args: Sequence[str], name: str = "ffmpeg", *, stdout: bool = False) -> FFmpegProcess:
+    """Start ffmpeg (never through a shell) with stderr captured (``stdout``: and its
+    standard output readable at ``proc.proc.stdout``)."""
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     log.debug("%s started (pid %d): %s", name, proc.pid, " ".join(args))
