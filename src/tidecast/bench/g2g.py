@@ -51,7 +51,15 @@ from pathlib import Path
 import httpx
 
 from tidecast import ffmpeg
-from tidecast.bench.origin import BenchError, Child, _free_port, _wait_http, nginx_exe
+from tidecast.bench.origin import (
+    CLK_TCK,
+    BenchError,
+    Child,
+    _free_port,
+    _process_tree,
+    _wait_http,
+    nginx_exe,
+)
 from tidecast.edge.nginx import EdgeConfig, render
 
 CHROMIUM = "/usr/bin/chromium"
@@ -113,6 +121,8 @@ class Result:
     hls_latency: list[float] = field(default_factory=list)
     target_latency: list[float] = field(default_factory=list)
     start_offset: float = 0.0  # publisher: first frame sent, seconds after it was started
+    ours_cores: float = 0.0  # CPU of this bench and everything it started, in cores
+    foreign_cores: float = 0.0  # CPU of every other process on the machine, in cores
     errors: list[str] = field(default_factory=list)
 
     def values(self) -> list[float]:
@@ -159,6 +169,25 @@ def rendition_shares(heights: Sequence[int]) -> str:
 
 
 # ---------------------------------------------------------------- the parts
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process tree so far, its reaped children's included (the
+    transcode's ffmpeg processes come and go; what they used goes to their parent)."""
+    total = 0
+    for p in _process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    return total / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the machine's cores have spent busy so far (all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
 
 
 async def make_source(src: Source, seconds: float, where: Path) -> Path:
@@ -254,6 +283,7 @@ STATE_JS = """() => {
 
 
 async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tmp: Path) -> Result:
+    from playwright.async_api import Error as PlaywrightError
     from playwright.async_api import async_playwright
 
     result = Result(cfg)
@@ -309,6 +339,7 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                     result.start_offset = progress.start - spawned
                     first = await page.evaluate(STATE_JS)
                     t0 = time.monotonic()
+                    busy0, ours0 = machine_busy_seconds(), tree_cpu_seconds(os.getpid())
                     last = first
                     while time.monotonic() - t0 < args.seconds:
                         await asyncio.sleep(
@@ -330,6 +361,11 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                             result.hls_latency.append(float(last["latency"]))
                         if last["target"] is not None:
                             result.target_latency.append(float(last["target"]))
+                    took = time.monotonic() - t0
+                    result.ours_cores = (tree_cpu_seconds(os.getpid()) - ours0) / took
+                    result.foreign_cores = max(
+                        0.0, (machine_busy_seconds() - busy0) / took - result.ours_cores
+                    )
                     result.stalls = (
                         last["stalls"] - first["stalls"] + (1 if last["stalledNow"] else 0)
                     )
@@ -347,7 +383,7 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-    except BenchError as exc:
+    except (BenchError, PlaywrightError, httpx.HTTPError) as exc:
         tail = "\n".join(c.name + ":\n" + c.tail(15) for c in children)
         raise BenchError(f"{cfg.label}: {exc}\n{tail}") from exc
     finally:
@@ -390,6 +426,16 @@ def report(results: Sequence[Result], seconds: float) -> bool:
     print("stalls: waiting events / hls.js buffer-stall errors; dropped: dropped/decoded frames; "
           f"publisher start-up (spawn -> first frame sent): "
           f"{', '.join(f'{r.start_offset * 1000:.0f}' for r in results)} ms")  # fmt: skip
+    print(
+        f"CPU, in cores (of {os.cpu_count()}), this bench's processes / all others on the machine: "
+        + ", ".join(f"{r.ours_cores:.2f}/{r.foreign_cores:.2f}" for r in results)
+    )
+    busy = [r.config.key for r in results if r.foreign_cores > 0.2]
+    if busy:
+        print(
+            f"WARNING: other processes used the machine during {', '.join(busy)}: "
+            "those figures are not this system's alone"
+        )
     base = next((r for r in results if r.config.key == BASELINE), None)
     parts = []
     for r in results:
