@@ -39,6 +39,7 @@ import logging
 import math
 import os
 import pwd
+import re
 import signal
 import statistics
 import sys
@@ -124,6 +125,10 @@ class Result:
     ours_cores: float = 0.0  # CPU of this bench and everything it started, in cores
     foreign_cores: float = 0.0  # CPU of every other process on the machine, in cores
     errors: list[str] = field(default_factory=list)
+    watched: str = ""  # the rendition whose parts were watched at the origin
+    listed: list[float] = field(
+        default_factory=list
+    )  # part listed at the origin, s after its end was sent
 
     def values(self) -> list[float]:
         return [g for _, g in self.g2g]
@@ -264,6 +269,75 @@ class Progress:
                 self.start = min(self.start, now - int(value) / 1e6)
 
 
+PART_URI = re.compile(r'#EXT-X-PART:DURATION=([\d.]+),URI="[^"]*?(\d{6,})\.(\d+)\.m4s"')
+SEGMENT_URI = re.compile(r"#EXTINF:([\d.]+),[^\n]*\n(?:#[^\n]*\n)*[^#\n]*?(\d{6,})\.m4s")
+
+
+async def rendition_url(origin: str, height: int) -> tuple[str, str]:
+    """(name, media playlist URL at the origin) of the rendition ``height`` high
+    (the first listed, the top, if none is)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        text = (await client.get(f"{origin}/hls/{STREAM}/master.m3u8")).text
+    variants = re.findall(r"#EXT-X-STREAM-INF:([^\n]*)\n([^#\n][^\n]*)", text)
+    if not variants:
+        raise BenchError(f"no variant in the master playlist:\n{text}")
+
+    def tall(attrs: str) -> int:
+        m = re.search(r"RESOLUTION=\d+x(\d+)", attrs)
+        return int(m.group(1)) if m else 0
+
+    uri = next((u for a, u in variants if tall(a) == height), variants[0][1])
+    return uri.removesuffix(".m3u8"), f"{origin}/hls/{STREAM}/{uri}"
+
+
+class PartWatcher:
+    """Follows one rendition's playlist at the origin as a player does (LL: blocking
+    reloads for the next part; otherwise a reload every 50 ms) and records how long
+    after its last frame left the publisher each part (LL) or segment was listed: the
+    server's share of glass to glass. Media times: segment ``n`` starts at ``n`` x
+    the segment target (the source's GOP), and its parts follow one another."""
+
+    def __init__(self, url: str, start: float) -> None:
+        self.url, self.start = url, start
+        self.lags: list[float] = []
+        self.seen: set[tuple[int, int]] = set()
+        self.errors = 0
+
+    def _note(self, key: tuple[int, int], end: float, now: float) -> None:
+        if key not in self.seen:
+            self.seen.add(key)
+            if len(self.seen) > 12:  # the first playlists list what was made before we asked
+                self.lags.append(now - (self.start + end))
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=20) as client:
+            query = ""
+            while True:
+                try:
+                    r = await client.get(self.url + query)
+                except httpx.TransportError:
+                    self.errors += 1  # the origin is busy or restarting: ask again
+                    await asyncio.sleep(0.05)
+                    continue
+                now = time.time()
+                if r.status_code != 200:
+                    await asyncio.sleep(0.05)
+                    continue
+                ends: dict[int, float] = {}
+                last = (-1, -1)
+                for dur, msn_s, idx_s in PART_URI.findall(r.text):
+                    msn, idx = int(msn_s), int(idx_s)
+                    ends[msn] = ends.get(msn, msn * SEGMENT_TARGET) + float(dur)
+                    last = max(last, (msn, idx))
+                    self._note((msn, idx), ends[msn], now)
+                if last[0] >= 0:
+                    query = f"?_HLS_msn={last[0]}&_HLS_part={last[1] + 1}"
+                    continue
+                for dur, msn_s in SEGMENT_URI.findall(r.text):
+                    self._note((int(msn_s), -1), int(msn_s) * SEGMENT_TARGET + float(dur), now)
+                await asyncio.sleep(0.05)
+
+
 COLLECT_JS = """() => {
   window.__g2g = [];
   window.TidecastStamp.watch(document.getElementById('video'), (f) => {
@@ -337,6 +411,12 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                         raise BenchError("the publisher reported no progress")
                     start_ms = progress.start * 1000
                     result.start_offset = progress.start - spawned
+                    height = await page.evaluate(
+                        "() => document.getElementById('video').videoHeight"
+                    )
+                    result.watched, media_url = await rendition_url(origin, int(height))
+                    watcher = PartWatcher(media_url, progress.start)
+                    watching = asyncio.create_task(watcher.run())
                     first = await page.evaluate(STATE_JS)
                     t0 = time.monotonic()
                     busy0, ours0 = machine_busy_seconds(), tree_cpu_seconds(os.getpid())
@@ -361,6 +441,10 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                             result.hls_latency.append(float(last["latency"]))
                         if last["target"] is not None:
                             result.target_latency.append(float(last["target"]))
+                    watching.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watching
+                    result.listed = watcher.lags
                     took = time.monotonic() - t0
                     result.ours_cores = (tree_cpu_seconds(os.getpid()) - ours0) / took
                     result.foreign_cores = max(
@@ -421,6 +505,11 @@ def report(results: Sequence[Result], seconds: float) -> bool:
               f"{_s(max(v) if v else math.nan):>5} {_s(slope_per_minute(r.g2g)):>9} {_s(first):>5} {_s(last):>5} "
               f"{stalls:>9} {f'{r.dropped}/{r.decoded}':>11} {f'{_s(lat)}/{_s(tgt)}':>17}  "
               f"{rendition_shares(r.heights)}")  # fmt: skip
+        if r.listed:
+            what = "part" if r.config.ll_hls else "segment"
+            print(f"  {r.watched} {what}s listed at the origin, after their last frame was sent: "
+                  f"p50 {_s(percentile(r.listed, 0.5))} p95 {_s(percentile(r.listed, 0.95))} "
+                  f"max {_s(max(r.listed))} (n={len(r.listed)})")  # fmt: skip
         if r.unreadable:
             print(f"  ({r.unreadable} frames without a readable stamp)")
     print("stalls: waiting events / hls.js buffer-stall errors; dropped: dropped/decoded frames; "

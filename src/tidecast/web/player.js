@@ -67,12 +67,40 @@
   const goLive = document.getElementById("go-live");
   goLive.addEventListener("click", () => {
     const hls = player.hls;
+    player.dvr = false;
     if (hls && hls.liveSyncPosition) video.currentTime = hls.liveSyncPosition;
   });
+  // A viewer who did not seek back is kept near the live edge. hls.js's catch-up
+  // (maxLiveSyncPlaybackRate) only acts within one target duration of its target
+  // latency, and farther behind it takes the player for a DVR viewer: a player pushed
+  // back by a busy machine or a long stall would stay there for good. So, unless the
+  // viewer sought back (player.dvr, until "Go live"), 4 s or two target durations past
+  // the target latency for 5 s in a row means a jump to the live position.
+  let lastTime = 0;
+  let behindSince = null;
+  player.dvr = false;
+  player.liveJumps = 0;
+  video.addEventListener("timeupdate", () => { if (!video.seeking) lastTime = video.currentTime; });
+  video.addEventListener("seeking", () => { if (video.currentTime < lastTime - 1) player.dvr = true; });
   setInterval(() => {
     const hls = player.hls;
     const behind = hls && hls.liveSyncPosition ? hls.liveSyncPosition - video.currentTime : 0;
     goLive.hidden = vodMode || !hls || behind < 4;
+    const d = hls && hls.latestLevelDetails;
+    if (vodMode || !hls || !d || !d.live || player.dvr || player.state !== "playing" || !hls.targetLatency) {
+      behindSince = null;
+      return;
+    }
+    if (hls.latency > hls.targetLatency + Math.max(4, 2 * d.targetduration)) {
+      if (behindSince === null) behindSince = performance.now();
+      if (performance.now() - behindSince >= 5000 && hls.liveSyncPosition) {
+        behindSince = null;
+        player.liveJumps++;
+        video.currentTime = hls.liveSyncPosition;
+      }
+    } else {
+      behindSince = null;
+    }
   }, 500);
 
   function stats() {
@@ -98,6 +126,7 @@
       stalls: player.stalls.length + (stalledAt === null ? 0 : 1),
       stallsMs: player.stalls.reduce((t, x) => t + x.ms, 0),
       bufferStalls: player.bufferStalls,
+      liveJumps: player.liveJumps,
       droppedFrames: q ? q.droppedVideoFrames : 0,
       decodedFrames: q ? q.totalVideoFrames : 0,
       currentTime: +video.currentTime.toFixed(2),
