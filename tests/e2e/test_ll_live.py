@@ -151,7 +151,7 @@ def test_chromium_plays_ll_live_through_the_edge_without_a_stall(ll_live: LLLive
             page.wait_for_timeout(1000)  # type: ignore[attr-defined]
             samples += [tuple(s) for s in page.evaluate("() => window.__stamps.splice(0)")]  # type: ignore[attr-defined, misc]
         player = page.evaluate("""() => ({ stats: window.tidecastPlayer.stats(), stalls: window.tidecastPlayer.stalls,
-                                           bufferStalls: window.tidecastPlayer.bufferStalls })""")  # type: ignore[attr-defined]
+                                           bufferStalls: window.tidecastPlayer.bufferStalls, jumps: window.tidecastPlayer.liveJumps })""")  # type: ignore[attr-defined]
     stats = player["stats"]
     assert player["stalls"] == [] and stats["stalledMs"] == 0 and player["bufferStalls"] == 0, (
         player
@@ -175,4 +175,5 @@ def test_chromium_plays_ll_live_through_the_edge_without_a_stall(ll_live: LLLive
     )
     print(f"\nLL passthrough through the edge, {len(g2g)} frames: g2g p50 {statistics.median(g2g):.2f} s, "
           f"p95 {g2g[int(0.95 * len(g2g))]:.2f} s (from the publisher's spawn); "
-          f"hls.js latency {stats['latencyS']} s, target {stats['targetLatencyS']} s")  # fmt: skip
+          f"hls.js latency {stats['latencyS']} s, target {stats['targetLatencyS']} s, "
+          f"jumps back to live {player['jumps']}")  # fmt: skip

@@ -235,10 +235,11 @@
     hls.attachMedia(video);
   }
 
-  // stalls while playing: how long the picture froze waiting for data
+  // stalls while playing: how long the picture froze waiting for data (a seek's own
+  // wait for data is the seek's, not a stall)
   let stalledAt = null;
   video.addEventListener("waiting", () => {
-    if (player.state === "playing" && stalledAt === null) stalledAt = performance.now();
+    if (player.state === "playing" && stalledAt === null && !video.seeking) stalledAt = performance.now();
   });
   video.addEventListener("playing", () => {
     if (stalledAt !== null) {
