@@ -124,6 +124,7 @@ class Result:
     target_latency: list[float] = field(default_factory=list)
     start_offset: float = 0.0  # publisher: first frame sent, seconds after it was started
     ours_cores: float = 0.0  # CPU of this bench and everything it started, in cores
+    serve_cores: float = 0.0  # of which tidecast serve (ingest, workers and their ffmpeg, origin)
     foreign_cores: float = 0.0  # CPU of every other process on the machine, in cores
     errors: list[str] = field(default_factory=list)
     watched: str = ""  # the rendition whose parts were watched at the origin
@@ -421,6 +422,7 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                     first = await page.evaluate(STATE_JS)
                     t0 = time.monotonic()
                     busy0, ours0 = machine_busy_seconds(), tree_cpu_seconds(os.getpid())
+                    serve0 = tree_cpu_seconds(serve.proc.pid)
                     last = first
                     while time.monotonic() - t0 < args.seconds:
                         await asyncio.sleep(
@@ -448,6 +450,7 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                     result.listed = watcher.lags
                     took = time.monotonic() - t0
                     result.ours_cores = (tree_cpu_seconds(os.getpid()) - ours0) / took
+                    result.serve_cores = (tree_cpu_seconds(serve.proc.pid) - serve0) / took
                     result.foreign_cores = max(
                         0.0, (machine_busy_seconds() - busy0) / took - result.ours_cores
                     )
@@ -522,8 +525,12 @@ def report(results: Sequence[Result], seconds: float) -> bool:
           f"publisher start-up (spawn -> first frame sent): "
           f"{', '.join(f'{r.start_offset * 1000:.0f}' for r in results)} ms")  # fmt: skip
     print(
-        f"CPU, in cores (of {os.cpu_count()}), this bench's processes / all others on the machine: "
-        + ", ".join(f"{r.ours_cores:.2f}/{r.foreign_cores:.2f}" for r in results)
+        f"CPU, in cores (of {os.cpu_count()}): tidecast serve + the rest of this bench "
+        "(Chromium, nginx, publisher) / all other processes on the machine: "
+        + ", ".join(
+            f"{r.serve_cores:.2f}+{r.ours_cores - r.serve_cores:.2f}/{r.foreign_cores:.2f}"
+            for r in results
+        )
     )
     busy = [r.config.key for r in results if r.foreign_cores > 0.2]
     if busy:
