@@ -94,6 +94,11 @@ def test_publish_file_args() -> None:
         "ff", "-hide_banner", "-nostdin", "-loglevel", "warning", "-stream_loop", "2",
         "-i", "in.mp4", "-c", "copy", "-f", "flv", "rtmp://h/live/k",
     ]  # fmt: skip
+    assert ffmpeg.publish_file_args("in.flv", "rtmp://h/live/k", "ff", like_a_camera=True, progress=True) == [
+        "ff", "-hide_banner", "-nostdin", "-loglevel", "warning", "-re", "-readrate_initial_burst", "0.001",
+        "-i", "in.flv", "-c", "copy", "-progress", "pipe:1", "-stats_period", "0.1",
+        "-f", "flv", "rtmp://h/live/k",
+    ]  # fmt: skip
 
 
 def test_transcode_stream_args() -> None:

@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--no-clock", action="store_true", help="no burnt-in wall clock")
     pub.add_argument("--ca-file", default="",
                      help="rtmps://: trust this certificate (e.g. from tidecast tls-selfsigned)")  # fmt: skip
+    pub.add_argument("--stamp", action="store_true",
+                     help="also a machine-readable wall clock (ms) in a band of black and white "
+                          "blocks along the top, for glass-to-glass measurements")  # fmt: skip
 
     edge = sub.add_parser("edge-config", help="print an nginx caching-edge config for N origins")
     edge.add_argument(
@@ -238,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--clients", type=int, default=2000)
     ch.add_argument("--rate", type=float, default=10, help="messages per second")
     ch.add_argument("--seconds", type=float, default=10)
+    gg = bsub.add_parser("g2g", help="glass to glass in Chromium through the nginx edge, LL-HLS and HLS")
+    gg.add_argument("--seconds", type=float, default=60, help="measured seconds per configuration")
+    gg.add_argument("--warmup", type=float, default=15, help="seconds of playback before measuring")
+    gg.add_argument("--configs", default="ll-pass,ll-720,ll-1080,hls-720",
+                    help="comma-separated, of ll-pass, ll-720, ll-1080, hls-720 (the baseline)")  # fmt: skip
+    gg.add_argument("--sources", help="directory that keeps the rendered sources between runs")
+    gg.add_argument("--part-target", type=float, help="LL-HLS part duration, s (default: the server's)")
     og = bsub.add_parser("origin", help="tidecast origin vs nginx, same live segments, wrk")
     og.add_argument("--seconds", type=float, default=10, help="seconds per wrk run")
     og.add_argument("--connections", type=int, default=64, help="wrk connections")
@@ -279,10 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     user=args.user, playback_secret=secret)), end="")  # fmt: skip
             return 0
         if args.command == "bench":
-            from tidecast.bench import chat, latency, origin, transcode
+            from tidecast.bench import chat, g2g, latency, origin, transcode
 
             bench = {"latency": latency.main, "transcode": transcode.main, "chat": chat.main,
-                     "origin": origin.main}[args.bench_command]  # fmt: skip
+                     "origin": origin.main, "g2g": g2g.main}[args.bench_command]  # fmt: skip
             return asyncio.run(bench(args))
     except ConfigError as exc:
         print(f"tidecast: {exc}", file=sys.stderr)
@@ -464,6 +474,7 @@ def _publish(args: argparse.Namespace) -> int:
     pattern = ffmpeg.TestPattern(
         width=w, height=h, fps=args.fps, gop_seconds=args.gop, video_bitrate_k=args.bitrate,
         duration=args.duration, clock=not args.no_clock, font=ffmpeg.clock_font(),
+        stamp="wall" if args.stamp else "",
     )  # fmt: skip
     cmd = ffmpeg.publish_test_pattern_args(pattern, args.url, ffmpeg.ffmpeg_exe(), ca_file=args.ca_file)
 

@@ -16,6 +16,9 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from tidecast.media import stamp as clock_stamp
 
 log = logging.getLogger("tidecast.ffmpeg")
 
@@ -68,6 +71,10 @@ class TestPattern:
     realtime: bool = True  # read input at native rate (-re), like a live camera
     preset: str = "veryfast"
     font: str | None = None
+    # a machine-readable clock in every frame (``media.stamp``): "media" = the frame's
+    # media time in ms (for a rendered source published later), "wall" = the wall
+    # clock in ms when the frame is made (for a live test pattern); "" = none
+    stamp: Literal["", "media", "wall"] = ""
 
     @property
     def gop_frames(self) -> int:
@@ -85,6 +92,40 @@ def _drawtext_clock(font: str | None, height: int) -> str:
     )
 
 
+def _stamp_cell_expr(constant: int, positions: tuple[int, ...]) -> str:
+    """1 when the cell is white: the parity of ``constant`` plus those bits of the value
+    (the frame's time in ms modulo 2^30, kept in variable 0)."""
+    value = f"st(0,mod(floor(t*1000+0.5),{clock_stamp.MODULUS}))"
+    terms = "+".join(f"mod(floor(ld(0)/{1 << k}),2)" for k in positions)
+    return f"{value};mod({constant}+{terms},2)"
+
+
+def stamp_filter(width: int, height: int, clock: Literal["media", "wall"], fps: int) -> str:
+    """Filters drawing ``media.stamp``'s cells into ``width`` x ``height`` frames: the
+    band black, then every cell that may be white as a filled white box switched on
+    per frame by its ``enable`` expression (evaluated once a frame, not per pixel).
+
+    For the "wall" clock the frames' timestamps are set to the wall clock in ms while
+    the cells are drawn (``RTCTIME``, the same instant for every cell of a frame, so the
+    check bits agree with the value), then back to frame counts."""
+    x, y, w, h = clock_stamp.cell_box(0, width, height)
+    chain = []
+    if clock == "wall":
+        chain += ["settb=1/1000", "setpts=floor(RTCTIME/1000)"]
+    chain.append(f"drawbox=x=0:y=0:w={width}:h={h}:color=black:t=fill")
+    for i, (constant, positions) in enumerate(clock_stamp.bit_terms()):
+        if not positions and not constant:
+            continue  # always black
+        x, y, w, h = clock_stamp.cell_box(i, width, height)
+        box = f"drawbox=x={x}:y={y}:w={w}:h={h}:color=white:t=fill"
+        if positions:
+            box += f":enable='{_stamp_cell_expr(constant, positions)}'"
+        chain.append(box)
+    if clock == "wall":
+        chain += [f"settb=1/{fps}", "setpts=N"]
+    return ",".join(chain)
+
+
 def test_pattern_input_args(p: TestPattern) -> list[str]:
     """lavfi inputs and filters for a test pattern (no output options)."""
     args: list[str] = []
@@ -100,8 +141,13 @@ def test_pattern_input_args(p: TestPattern) -> list[str]:
     if p.duration is not None:
         asrc += f":duration={p.duration:g}"
     args += ["-f", "lavfi", "-i", asrc]
+    filters = []
+    if p.stamp:
+        filters.append(stamp_filter(p.width, p.height, p.stamp, p.fps))
     if p.clock:
-        args += ["-vf", _drawtext_clock(p.font, p.height)]
+        filters.append(_drawtext_clock(p.font, p.height))
+    if filters:
+        args += ["-vf", ",".join(filters)]
     return args
 
 
@@ -150,16 +196,27 @@ def render_test_pattern_args(
 
 
 def publish_file_args(
-    path: str, url: str, exe: str = "ffmpeg", realtime: bool = True, loops: int = 0
-) -> list[str]:
+    path: str, url: str, exe: str = "ffmpeg", realtime: bool = True, loops: int = 0, *,
+    like_a_camera: bool = False, progress: bool = False,
+) -> list[str]:  # fmt: skip
     """ffmpeg re-publishing an already encoded file to RTMP without re-encoding
-    (``loops`` more times after the first, timestamps running on)."""
+    (``loops`` more times after the first, timestamps running on).
+
+    ``like_a_camera``: no initial burst (``-re`` alone sends the first 0.5 s at once,
+    and ffmpeg 9 takes a burst of 0 for its default: hence 1 ms), so every frame
+    leaves at publish start + its media time, as a live encoder sends it. ``progress``: ffmpeg writes ``key=value`` progress lines (``out_time_us``, what
+    it has sent) to stdout every 0.1 s."""
     args = [exe, "-hide_banner", "-nostdin", "-loglevel", "warning"]
     if realtime:
         args += ["-re"]
+        if like_a_camera:
+            args += ["-readrate_initial_burst", "0.001"]
     if loops:
         args += ["-stream_loop", str(loops)]
-    return [*args, "-i", path, "-c", "copy", "-f", "flv", url]
+    args += ["-i", path, "-c", "copy"]
+    if progress:
+        args += ["-progress", "pipe:1", "-stats_period", "0.1"]
+    return [*args, "-f", "flv", url]
 
 
 # ---------------------------------------------------------------- running
@@ -216,12 +273,13 @@ class FFmpegProcess:
         return self.proc.returncode
 
 
-async def spawn(args: Sequence[str], name: str = "ffmpeg") -> FFmpegProcess:
-    """Start ffmpeg (never through a shell) with stderr captured."""
+async def spawn(args: Sequence[str], name: str = "ffmpeg", *, stdout: bool = False) -> FFmpegProcess:
+    """Start ffmpeg (never through a shell) with stderr captured (``stdout``: and its
+    standard output readable at ``proc.proc.stdout``)."""
     proc = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
     log.debug("%s started (pid %d): %s", name, proc.pid, " ".join(args))

@@ -317,7 +317,8 @@ def create_app(ctx: AppContext) -> FastAPI:
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
         allowed = {"player.js": "text/javascript", "style.css": "text/css", "index.js": "text/javascript",
-                   "videos.js": "text/javascript", "chat.js": "text/javascript"}  # fmt: skip
+                   "videos.js": "text/javascript", "chat.js": "text/javascript",
+                   "stamp.js": "text/javascript"}  # fmt: skip
         if name in allowed:
             return FileResponse(WEB_DIR / name, media_type=allowed[name],
                                 headers={"cache-control": "no-cache"})  # fmt: skip

@@ -15,7 +15,8 @@
   document.getElementById("title").textContent = name;
   document.title = name + " — tidecast";
 
-  const player = { state: "offline", hls: null, errors: [], levelSwitches: [], stalls: [] };
+  const player = { state: "offline", hls: null, errors: [], levelSwitches: [], stalls: [], bufferStalls: 0,
+                   lowLatency: false };
   window.tidecastPlayer = player;
 
   function setState(s) {
@@ -66,12 +67,40 @@
   const goLive = document.getElementById("go-live");
   goLive.addEventListener("click", () => {
     const hls = player.hls;
+    player.dvr = false;
     if (hls && hls.liveSyncPosition) video.currentTime = hls.liveSyncPosition;
   });
+  // A viewer who did not seek back is kept near the live edge. hls.js's catch-up
+  // (maxLiveSyncPlaybackRate) only acts within one target duration of its target
+  // latency, and farther behind it takes the player for a DVR viewer: a player pushed
+  // back by a busy machine or a long stall would stay there for good. So, unless the
+  // viewer sought back (player.dvr, until "Go live"), 4 s or two target durations past
+  // the target latency for 5 s in a row means a jump to the live position.
+  let lastTime = 0;
+  let behindSince = null;
+  player.dvr = false;
+  player.liveJumps = 0;
+  video.addEventListener("timeupdate", () => { if (!video.seeking) lastTime = video.currentTime; });
+  video.addEventListener("seeking", () => { if (video.currentTime < lastTime - 1) player.dvr = true; });
   setInterval(() => {
     const hls = player.hls;
     const behind = hls && hls.liveSyncPosition ? hls.liveSyncPosition - video.currentTime : 0;
     goLive.hidden = vodMode || !hls || behind < 4;
+    const d = hls && hls.latestLevelDetails;
+    if (vodMode || !hls || !d || !d.live || player.dvr || player.state !== "playing" || !hls.targetLatency) {
+      behindSince = null;
+      return;
+    }
+    if (hls.latency > hls.targetLatency + Math.max(4, 2 * d.targetduration)) {
+      if (behindSince === null) behindSince = performance.now();
+      if (performance.now() - behindSince >= 5000 && hls.liveSyncPosition) {
+        behindSince = null;
+        player.liveJumps++;
+        video.currentTime = hls.liveSyncPosition;
+      }
+    } else {
+      behindSince = null;
+    }
   }, 500);
 
   function stats() {
@@ -91,6 +120,13 @@
       bandwidthKbps: hls ? Math.round(hls.bandwidthEstimate / 1000) : 0,
       bufferS: +buffered.toFixed(2),
       latencyS: hls && hls.latency ? +hls.latency.toFixed(2) : null,
+      targetLatencyS: hls && hls.targetLatency ? +hls.targetLatency.toFixed(2) : null,
+      lowLatency: player.lowLatency,
+      playbackRate: video.playbackRate,
+      stalls: player.stalls.length + (stalledAt === null ? 0 : 1),
+      stallsMs: player.stalls.reduce((t, x) => t + x.ms, 0),
+      bufferStalls: player.bufferStalls,
+      liveJumps: player.liveJumps,
       droppedFrames: q ? q.droppedVideoFrames : 0,
       decodedFrames: q ? q.totalVideoFrames : 0,
       currentTime: +video.currentTime.toFixed(2),
@@ -106,7 +142,10 @@
       "rendition  " + s.level + (s.auto ? " (auto)" : "") + "\n" +
       "bandwidth  " + s.bandwidthKbps + " kb/s\n" +
       "buffer     " + s.bufferS + " s\n" +
-      "latency    " + (s.latencyS === null ? "-" : s.latencyS + " s") + "\n" +
+      "latency    " + (s.latencyS === null ? "-" : s.latencyS + " s") +
+        (s.targetLatencyS === null ? "" : " (target " + s.targetLatencyS + " s" +
+         (s.lowLatency ? ", LL" : "") + (s.playbackRate !== 1 ? ", at " + s.playbackRate + "x" : "") + ")") + "\n" +
+      "stalls     " + s.stalls + " (" + s.stallsMs + " ms)\n" +
       "frames     " + s.droppedFrames + " dropped / " + s.decodedFrames + " decoded";
   }, 500);
 
@@ -131,13 +170,17 @@
       return;
     }
     const hls = new Hls({
+      // LL-HLS playlists (parts, blocking reload): the player keeps the playlist's
+      // PART-HOLD-BACK (3 parts) behind the live edge. Standard playlists: 3 segments
+      // behind it (hls.js's liveSyncDurationCount default; set here, it would override
+      // PART-HOLD-BACK too), enough buffer to switch down on a sudden bandwidth drop
+      // without a visible stall (about 6 s with 2 s segments). After a stall hls.js
+      // moves the target back by liveSyncOnStallIncrease (up to one target duration).
       lowLatencyMode: true,
-      // 3 segments behind the live edge: enough buffer to switch down on a
-      // sudden bandwidth drop without a visible stall (about 6 s with 2 s segments)
-      liveSyncDurationCount: 3,
-      // DVR: a viewer who seeks back stays there (no forced jump to the live
-      // edge); "Go live" returns, and a slightly late player catches up at 1.1x
-      liveMaxLatencyDurationCount: Infinity,
+      // DVR: a viewer who seeks back stays there (hls.js's default
+      // liveMaxLatencyDurationCount, Infinity: no forced jump to the live edge;
+      // setting it here needs liveSyncDurationCount too); "Go live" returns, and a
+      // slightly late player catches up at up to 1.1x
       abrEwmaFastLive: 2.0,
       abrBandWidthFactor: 0.9,
       maxLiveSyncPlaybackRate: 1.1,
@@ -160,7 +203,9 @@
     // for the configured distance from the live edge.
     hls.once(Hls.Events.LEVEL_LOADED, (_e, data) => {
       const d = data.details;
-      const need = hls.config.liveSyncDurationCount + 1;
+      player.lowLatency = !!(d.partList && d.partList.length);
+      // LL: the hold back is a second of parts; one complete segment before it is plenty
+      const need = player.lowLatency ? 1 : hls.config.liveSyncDurationCount + 1;
       if (d.live && !vodMode && d.fragments.length < need) {
         const waitMs = (need - d.fragments.length) * d.targetduration * 1000;
         player.deferredStartMs = waitMs;
@@ -175,6 +220,7 @@
     });
     hls.on(Hls.Events.ERROR, (_e, data) => {
       player.errors.push(data.type + ":" + data.details + (data.fatal ? " (fatal)" : ""));
+      if (data.details === Hls.ErrorDetails.BUFFER_STALLED_ERROR) player.bufferStalls++;
       if (!data.fatal) return;
       if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
         hls.recoverMediaError();
@@ -189,10 +235,11 @@
     hls.attachMedia(video);
   }
 
-  // stalls while playing: how long the picture froze waiting for data
+  // stalls while playing: how long the picture froze waiting for data (a seek's own
+  // wait for data is the seek's, not a stall)
   let stalledAt = null;
   video.addEventListener("waiting", () => {
-    if (player.state === "playing" && stalledAt === null) stalledAt = performance.now();
+    if (player.state === "playing" && stalledAt === null && !video.seeking) stalledAt = performance.now();
   });
   video.addEventListener("playing", () => {
     if (stalledAt !== null) {
