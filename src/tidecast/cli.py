@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--pid-file", default="/run/tidecast-edge.pid")
     edge.add_argument("--error-log", default="/var/log/tidecast-edge-error.log")
     edge.add_argument("--user", default="www-data", help="user of nginx's worker processes")
+    edge.add_argument("--config", help="TOML config file (its tls_cert / tls_key are used)")
+    edge.add_argument("--tls-cert", help="PEM certificate: adds a TLS + HTTP/2 listener (env TIDECAST_TLS_CERT)")
+    edge.add_argument("--tls-key", help="PEM key of --tls-cert (env TIDECAST_TLS_KEY)")
+    edge.add_argument("--tls-listen", default="0.0.0.0:443", help="address of the TLS listener")
+    edge.add_argument("--max-conns-per-ip", type=int, default=64,
+                      help="connections (HTTP/2: requests) one client address may hold")  # fmt: skip
 
     bench = sub.add_parser("bench", help="benchmarks (figures + a baseline in the same run)")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -197,12 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "publish":
             return _publish(args)
         if args.command == "edge-config":
-            from tidecast.edge.nginx import EdgeConfig, render
-
-            print(render(EdgeConfig(args.origin, args.listen, args.cache_dir, args.cache_size,
-                                    args.segment_target, args.pid_file, args.error_log,
-                                    user=args.user)), end="")  # fmt: skip
-            return 0
+            return _edge_config(args)
         if args.command == "bench":
             from tidecast.bench import chat, latency, origin, transcode
 
@@ -213,6 +214,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tidecast: {exc}", file=sys.stderr)
         return 2
     return 2
+
+
+def _edge_config(args: argparse.Namespace) -> int:
+    from tidecast.edge.nginx import EdgeConfig, render
+
+    s = _settings(args).with_overrides(tls_cert=args.tls_cert, tls_key=args.tls_key)
+    try:
+        text = render(EdgeConfig(args.origin, args.listen, args.cache_dir, args.cache_size,
+                                 args.segment_target, args.pid_file, args.error_log, user=args.user,
+                                 tls_cert=s.tls_cert, tls_key=s.tls_key, tls_listen=args.tls_listen,
+                                 max_conns_per_ip=args.max_conns_per_ip))  # fmt: skip
+    except ValueError as exc:
+        print(f"tidecast edge-config: {exc}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
 
 
 def own_command(argv0: str | None = None, cwd: str | None = None) -> str:

@@ -41,23 +41,25 @@ from tidecast.chat.room import ChatLimits
 from tidecast.config import ConfigError, Settings
 from tidecast.db import StaleEpoch as StaleLease
 from tidecast.db import transient
-from tidecast.db.chat import ChatLog
+from tidecast.db.chat import ChatLog, ChatSanctions
 from tidecast.db.leases import Leases
 from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database
 from tidecast.ingest.rtmp.server import RTMPServer
 from tidecast.ingest.sessions import PublishGate
 from tidecast.live import LiveBroadcast, LiveStatus
+from tidecast.netaddr import TrustedProxies
 from tidecast.origin.admin import admin_secrets
-from tidecast.origin.app import AppContext, TranscodeStatus, create_app
+from tidecast.origin.app import AppContext, TranscodeStatus, create_app, operator_app
 from tidecast.origin.blocking import max_hold
 from tidecast.origin.cache import HotCache
 from tidecast.origin.metrics import MetricsListener
 from tidecast.origin.reload import ReloadService
-from tidecast.origin.server import start_http
+from tidecast.origin.server import start_http, start_operator_http
 from tidecast.packager.hls import epoch_of
 from tidecast.packager.leader import StreamLeadership
 from tidecast.packager.service import Packager
+from tidecast.recorder.download import Downloads
 from tidecast.recorder.service import Recorder
 from tidecast.segmenter.service import SegmenterService
 from tidecast.store.base import VersionedStore
@@ -345,21 +347,28 @@ class OriginNode:
                                                  playlist_ttl=settings.segment_target / 8)  # fmt: skip
         blocked = tuple(w.strip() for w in settings.chat_blocked_words.split(",") if w.strip())
         self.chat = ChatHub(self.bus, ChatLog(self.db), chat_lookup(self.live),
-                            limits=ChatLimits(blocked_words=blocked))  # fmt: skip
+                            limits=ChatLimits(blocked_words=blocked), sanctions=ChatSanctions(self.db),
+                            max_per_ip=settings.chat_max_per_ip)  # fmt: skip
+        self.downloads = Downloads(self.store, settings.data_dir / "download-tmp",
+                                   max_builds=settings.download_max_builds)  # fmt: skip
         root = unwrap(self.store)
         # LL-HLS: blocking playlist requests and hinted parts wait here, woken by the
         # packager's PlaylistUpdated notifications (and a store poll)
         self.reload = ReloadService(self.store, self.bus, max_hold=max_hold(settings.segment_target))
-        self.app = create_app(AppContext(
+        self.ctx = AppContext(
             settings, self.db, self.live, self.admin_token, time.time(), transcode, self.recorder,
             self.chat, chat_secret, cache=self.cache,
             media_root=root.root if isinstance(root, LocalStore) else None, reload=self.reload,
-        ))  # fmt: skip
+            proxies=TrustedProxies.parse(settings.trusted_proxies), downloads=self.downloads,
+        )  # fmt: skip
+        self.app = create_app(self.ctx)
         # backpressure metrics come from the ingest nodes' lag reports
         self.metrics = MetricsListener(self.bus)
         self._http: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self.http_port = settings.http_port
+        self._operator: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
+        self.operator_port = 0
 
     def describe(self) -> str:
         return f"HTTP on {self.settings.url_host}:{self.http_port}"
@@ -379,15 +388,22 @@ class OriginNode:
         self._http, self._task, self.http_port = await start_http(self.app, self.settings, self.store,
                                                                   self.reload)  # fmt: skip
         log.info("origin listening on %s:%d", self.settings.host, self.http_port)
+        if self.settings.operator_listen:
+            server, task, self.operator_port = await start_operator_http(operator_app(self.ctx), self.settings)
+            self._operator = (server, task)
+            log.info("operator endpoints (/metrics, /api/v1/transcode) on %s, no token needed there",
+                     self.settings.operator_listen)  # fmt: skip
 
     async def stop_chat(self) -> None:
         await self.chat.aclose()
 
     async def aclose(self) -> None:
         await self.chat.aclose()
-        if self._http is not None and self._task is not None:
-            self._http.should_exit = True
-            await asyncio.gather(self._task, return_exceptions=True)
+        for server, task in [(self._http, self._task), self._operator or (None, None)]:
+            if server is not None and task is not None:
+                server.should_exit = True
+                await asyncio.gather(task, return_exceptions=True)
+        await self.downloads.aclose()
         if self.directory is not None:
             await self.directory.aclose()
         await self.reload.aclose()

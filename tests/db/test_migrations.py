@@ -44,7 +44,7 @@ def _create_all_pre_migration(engine: Engine, tables: list[str]) -> None:
 
 
 def test_revisions_are_one_chain() -> None:
-    assert head() == "0003"
+    assert head() == "0004"
 
 
 def test_upgraded_database_matches_the_models(db_url: str) -> None:

@@ -38,10 +38,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from tidecast.origin import files
 from tidecast.origin.blocking import PartRef, parse_part_key
+from tidecast.origin.guard import (
+    ConnectionTable,
+    GuardedHttpTools,
+    HeadClock,
+    guarded_http,
+    head_expired,
+)
 from tidecast.origin.reload import PartOutcome, ReloadService, served_reply
 from tidecast.store.base import ObjectNotFound
 
@@ -70,14 +75,21 @@ def _date() -> bytes:
     return _date_cache[1]
 
 
-def fast_path_protocol(media_root: Path, reload: ReloadService | None = None) -> type[asyncio.Protocol]:
+def fast_path_protocol(
+    media_root: Path, reload: ReloadService | None = None, table: ConnectionTable | None = None,
+    head_timeout: float = 10.0,
+) -> type[asyncio.Protocol]:  # fmt: skip
     """The protocol class to give uvicorn (``Config(http=...)``) for one media root;
-    ``reload`` answers LL-HLS requests that wait (none: they are served as files)."""
+    ``reload`` answers LL-HLS requests that wait (none: they are served as files);
+    ``table`` admits connections (caps), ``head_timeout`` bounds each request head."""
     root = media_root.resolve()
 
     class Protocol(HLSFastPath):
         media_root = root
         ll = reload
+        connections = table
+        head_deadline = head_timeout
+        app_protocol = guarded_http(table, head_timeout)
         root_prefix = str(root) + os.sep
         hls_prefix = str(root / "hls") + os.sep
         heads: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}  # noqa: RUF012 - one per root
@@ -92,6 +104,9 @@ class HLSFastPath(asyncio.Protocol):
     # the header block of a plain 200 GET per file (as long as the file is unchanged)
     heads: dict[str, tuple[tuple[int, int, int, int], bytes]]
     ll: ReloadService | None = None
+    connections: ConnectionTable | None = None  # the listener's caps
+    head_deadline: float = 10.0  # s a whole request head may take (not per byte)
+    app_protocol: type[GuardedHttpTools] = GuardedHttpTools
 
     def __init__(
         self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None
@@ -116,11 +131,15 @@ class HLSFastPath(asyncio.Protocol):
         self.sock: Any = None
         self.corked = False
         self.waiting: asyncio.Task[Any] | None = None  # an LL-HLS request being held
+        self.head = HeadClock(self.loop, self.head_deadline, self._head_expired)
 
     # -- connection ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.connections is not None and not self.connections.admit(transport):
+            self.closed = True
+            return
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
         self.sock = sock if sock is not None and _CORK else None
@@ -129,6 +148,7 @@ class HLSFastPath(asyncio.Protocol):
             self._hand_over()
             return
         self._arm_idle()
+        self.head.start()  # the first request's head counts from the accept
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -139,6 +159,9 @@ class HLSFastPath(asyncio.Protocol):
         self.server_state.connections.discard(self)
         if self.idle is not None:
             self.idle.cancel()
+        self.head.stop()
+        if self.connections is not None and self.transport is not None and not self.handed_over:
+            self.connections.release(self.transport)
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: close now if idle, else after this response
@@ -160,6 +183,10 @@ class HLSFastPath(asyncio.Protocol):
         if not self.busy and not self.handed_over and self.transport is not None:
             self.transport.close()
 
+    def _head_expired(self) -> None:
+        if not self.busy and not self.handed_over and not self.closed:
+            head_expired(self.connections, self.transport)
+
     # -- requests -----------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -180,8 +207,10 @@ class HLSFastPath(asyncio.Protocol):
             if end < 0:
                 if len(self.buf) > MAX_HEAD:
                     self._hand_over()
-                elif self.buf:
-                    self._arm_idle()
+                elif self.buf:  # a head on its way: one deadline for all of it, not per byte
+                    if self.idle is not None:
+                        self.idle.cancel()
+                    self.head.start()
                 return
             head = bytes(self.buf[:end])
             request = _parse_head(head)
@@ -191,6 +220,7 @@ class HLSFastPath(asyncio.Protocol):
             del self.buf[: end + 4]
             if self.idle is not None:
                 self.idle.cancel()
+            self.head.stop()
             self._serve(*request)
         if not self.busy and self.paused and self.transport is not None:
             self.transport.resume_reading()
@@ -202,12 +232,14 @@ class HLSFastPath(asyncio.Protocol):
         self.handed_over = True
         if self.idle is not None:
             self.idle.cancel()
+        self.head.start()  # unless it runs already: a head is on its way, or comes next
         if self.paused:
             self.transport.resume_reading()
             self.paused = False
         self.server_state.connections.discard(self)
-        proto = HttpToolsProtocol(config=self.config, server_state=self.server_state,
+        proto = self.app_protocol(config=self.config, server_state=self.server_state,
                                   app_state=self.app_state)  # fmt: skip
+        proto.adopt(self.head)  # admitted already; a head on its way keeps its deadline
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
         if self.buf:

@@ -3,7 +3,14 @@
 ``start_http`` serves the app on the configured address and returns once it
 accepts connections. For a local store, GET/HEAD of stored HLS objects are
 answered by the fast path (``origin/fastpath.py``) and everything else is
-handed to uvicorn; for a remote store everything goes through the app.
+handed to uvicorn; for a remote store everything goes through the app. Either
+way every connection is admitted by the listener's ``ConnectionTable`` (caps
+per address and in all) and each request head has one deadline
+(``origin/guard.py``).
+
+uvicorn's own proxy-header handling is off: it believes ``X-Forwarded-For`` from
+127.0.0.1 by default; tidecast reads it only from ``trusted_proxies``
+(``tidecast.netaddr``).
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ from collections.abc import Iterator
 import uvicorn
 
 from tidecast.config import Settings
+from tidecast.netaddr import TrustedProxies, parse_listen
 from tidecast.origin.fastpath import fast_path_protocol
+from tidecast.origin.guard import ConnectionTable, HTTPLimits, guarded_http
 from tidecast.origin.reload import ReloadService
 from tidecast.store.factory import unwrap
 from tidecast.store.local import LocalStore
@@ -30,14 +39,22 @@ class _EmbeddedHTTPServer(uvicorn.Server):
         yield
 
 
-def http_protocol(store: object, reload: ReloadService | None = None) -> type[asyncio.Protocol] | str:
+def http_limits(settings: Settings) -> HTTPLimits:
+    return HTTPLimits(settings.http_max_connections, settings.http_max_per_ip, settings.http_head_timeout,
+                      TrustedProxies.parse(settings.trusted_proxies))  # fmt: skip
+
+
+def http_protocol(
+    store: object, reload: ReloadService | None = None, table: ConnectionTable | None = None,
+    head_timeout: float = 10.0,
+) -> type[asyncio.Protocol]:  # fmt: skip
     """Stored HLS objects of a local store go out through the sendfile fast path
     (LL-HLS waits through ``reload`` there too); everything else (and a remote
-    store's objects) through the app."""
+    store's objects) through the app. Both admit connections through ``table``."""
     local = unwrap(store)
     if isinstance(local, LocalStore):
-        return fast_path_protocol(local.root, reload)
-    return "httptools"
+        return fast_path_protocol(local.root, reload, table, head_timeout)
+    return guarded_http(table, head_timeout)
 
 
 async def start_http(
@@ -46,10 +63,29 @@ async def start_http(
     """Serve ``app`` on the configured address (the fast path in front for a local
     store); returns once it accepts connections: (server, its task, bound port)."""
     sock = _bind(settings.host, settings.http_port)
+    limits = http_limits(settings)
+    table = ConnectionTable(limits)
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", ws_max_size=16 * 1024,  # type: ignore[arg-type]
-        timeout_graceful_shutdown=2, http=http_protocol(store, reload),
+        timeout_graceful_shutdown=2, http=http_protocol(store, reload, table, limits.head_timeout),
+        proxy_headers=False,
     )  # fmt: skip
+    return await _serve(config, sock)
+
+
+async def start_operator_http(app: object, settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """The operator listener (``operator_listen``): a small app of its own, same head deadline."""
+    host, port = parse_listen(settings.operator_listen)
+    sock = _bind(host, port)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off",  # type: ignore[arg-type]
+        timeout_graceful_shutdown=2, http=guarded_http(None, settings.http_head_timeout),
+        proxy_headers=False, ws="none",
+    )  # fmt: skip
+    return await _serve(config, sock)
+
+
+async def _serve(config: uvicorn.Config, sock: socket.socket) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     server = _EmbeddedHTTPServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
     while not server.started:
