@@ -111,3 +111,41 @@ def test_the_banner_names_a_command_that_runs_as_shown(tmp_path: Path) -> None:
     assert own_command(".venv/bin/tidecast", str(tmp_path)) == ".venv/bin/tidecast"
     assert own_command(str(venv_bin / "tidecast"), str(tmp_path / "elsewhere")) == str(venv_bin / "tidecast")
     assert own_command("/some/path/__main__.py", str(tmp_path)) == f"{sys.executable} -m tidecast"
+
+
+def test_security_settings_from_file_env_and_their_checks(tmp_path: Path) -> None:
+    conf = tmp_path / "t.toml"
+    conf.write_text('tls_cert = "/etc/c.pem"\ntls_key = "/etc/k.pem"\ntrusted_proxies = "10.0.0.0/8, ::1"\n'
+                    'http_max_per_ip = 10\nhttp_head_timeout = 3\nchat_join_timeout = 2\nchat_max_per_ip = 7\n'
+                    'download_max_per_ip = 1\ndownload_max_total = 4\ndownload_max_builds = 1\n'
+                    'operator_listen = "127.0.0.1:9100"\nhttp_max_connections = 100\n')  # fmt: skip
+    s = from_file(conf)
+    assert (s.tls_cert, s.tls_key, s.trusted_proxies) == ("/etc/c.pem", "/etc/k.pem", "10.0.0.0/8, ::1")
+    assert (s.http_max_connections, s.http_max_per_ip, s.http_head_timeout) == (100, 10, 3.0)
+    assert (s.chat_join_timeout, s.chat_max_per_ip) == (2.0, 7)
+    assert (s.download_max_per_ip, s.download_max_total, s.download_max_builds) == (1, 4, 1)
+    assert s.operator_listen == "127.0.0.1:9100"
+    env = {"TIDECAST_TLS_CERT": "/x/c.pem", "TIDECAST_TLS_KEY": "/x/k.pem", "TIDECAST_HTTP_MAX_PER_IP": "20",
+           "TIDECAST_TRUSTED_PROXIES": "192.0.2.1", "TIDECAST_OPERATOR_LISTEN": "[::1]:9101",
+           "TIDECAST_CHAT_JOIN_TIMEOUT": "4", "TIDECAST_DOWNLOAD_MAX_TOTAL": "9"}  # fmt: skip
+    s = from_env(env, base=s)
+    assert (s.tls_cert, s.http_max_per_ip, s.trusted_proxies, s.operator_listen) == (
+        "/x/c.pem", 20, "192.0.2.1", "[::1]:9101")  # fmt: skip
+    assert s.chat_join_timeout == 4.0 and s.download_max_total == 9
+    d = Settings()
+    assert d.tls_cert == "" and d.trusted_proxies == "" and d.operator_listen == ""
+    for bad, message in [
+        ({"tls_cert": "/c.pem"}, "tls_cert and tls_key go together"),
+        ({"trusted_proxies": "10.0.0.0/99"}, "trusted_proxies"),
+        ({"operator_listen": "9100"}, "HOST:PORT"),
+        ({"http_max_per_ip": 0}, "http_max_per_ip"),
+        ({"http_max_per_ip": 10, "http_max_connections": 5}, "http_max_per_ip"),
+        ({"http_head_timeout": 0}, "http_head_timeout"),
+        ({"chat_max_per_ip": 0}, "chat_max_per_ip"),
+        ({"download_max_per_ip": 5, "download_max_total": 2}, "download_max_per_ip"),
+        ({"download_max_builds": 0}, "download_max_builds"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Settings(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="TIDECAST_HTTP_MAX_PER_IP"):
+        from_env({"TIDECAST_HTTP_MAX_PER_IP": "lots"})
