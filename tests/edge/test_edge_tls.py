@@ -46,6 +46,25 @@ def make_cert(where: Path) -> tuple[Path, Path]:
     return cert, key
 
 
+def start_tls_nginx(prefix: Path, origin_port: int) -> tuple[subprocess.Popen[bytes], int, int]:
+    """nginx with the generated edge config, TLS on, a self-signed certificate;
+    (process, plain port, TLS port)."""
+    (prefix / "cache").mkdir(parents=True)
+    cert, key = make_cert(prefix)
+    port, tls_port = free_port(), free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(render(EdgeConfig(
+        origins=[f"127.0.0.1:{origin_port}"], listen=f"127.0.0.1:{port}", cache_dir=str(prefix / "cache"),
+        pid_file=str(prefix / "nginx.pid"), error_log=str(prefix / "error.log"), worker_processes="1",
+        user="root", tls_cert=str(cert), tls_key=str(key), tls_listen=f"127.0.0.1:{tls_port}",
+    )))  # fmt: skip
+    check = subprocess.run([NGINX, "-t", "-c", str(conf), "-p", str(prefix)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    return proc, port, tls_port
+
+
 @pytest.fixture
 async def edge(tmp_path: Path) -> AsyncIterator[TLSEdge]:
     tmp = tmp_path
@@ -56,20 +75,7 @@ async def edge(tmp_path: Path) -> AsyncIterator[TLSEdge]:
     node.db.create_stream("room")
     await node.start()
     await node.listen()
-    prefix = tmp / "edge"
-    (prefix / "cache").mkdir(parents=True)
-    cert, key = make_cert(prefix)
-    port, tls_port = free_port(), free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(render(EdgeConfig(
-        origins=[f"127.0.0.1:{node.http_port}"], listen=f"127.0.0.1:{port}", cache_dir=str(prefix / "cache"),
-        pid_file=str(prefix / "nginx.pid"), error_log=str(prefix / "error.log"), worker_processes="1",
-        user="root", tls_cert=str(cert), tls_key=str(key), tls_listen=f"127.0.0.1:{tls_port}",
-    )))  # fmt: skip
-    check = subprocess.run([NGINX, "-t", "-c", str(conf), "-p", str(prefix)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr
-    nginx = subprocess.Popen([NGINX, "-c", str(conf), "-p", str(prefix), "-g", "daemon off;"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    nginx, port, tls_port = await asyncio.to_thread(start_tls_nginx, tmp / "edge", node.http_port)
     try:
         deadline = time.monotonic() + 10
         async with httpx.AsyncClient(timeout=2) as c:
