@@ -160,8 +160,12 @@ class ChatHub:
         self._loaded.add(stream)
         for c in list(self.local.get(stream, {}).values()):  # banned on another node meanwhile
             m = room.members.get(c.id)
-            if m is not None and (m.identity in room.banned or m.ip in room.banned_ips):
-                self._ban_drop(c)
+            if m is None or not (m.identity in room.banned or m.ip in room.banned_ips):
+                continue
+            if m.ip not in room.banned_ips and self.sanctions is not None:  # only this node knows it
+                room.banned_ips.add(m.ip)
+                self.sup.run("chat-ban-ips", self._record_addresses(stream, "ban", m.identity, None, {m.ip}))
+            self._ban_drop(c)
 
     async def admit(self, stream: str, ip: str) -> ChatError | None:
         """Why a new socket from ``ip`` may not chat here, or None."""
