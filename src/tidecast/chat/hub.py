@@ -259,8 +259,10 @@ class ChatHub:
             raise ChatError("unavailable", "that could not be stored just now; try again") from None
 
     async def disconnect(self, conn: Connection) -> None:
-        local = self.local.get(conn.stream, {})
-        was_joined = local.pop(conn.id, None) is not None
+        self.local.get(conn.stream, {}).pop(conn.id, None)
+        # a member leaves the room however the connection went: closed by a ban, a revoked
+        # token or a full send queue too (those took it out of ``local`` already)
+        was_joined = conn.id in self.room(conn.stream).members
         conn.dead = True
         if conn.writer is not None:
             conn.writer.cancel()
