@@ -160,17 +160,18 @@ class ChatHub:
         self._loaded.add(stream)
         for c in list(self.local.get(stream, {}).values()):  # banned on another node meanwhile
             m = room.members.get(c.id)
-            if m is None or not (m.identity in room.banned or m.ip in room.banned_ips):
+            if m is None or m.identity not in room.banned:
                 continue
             if m.ip not in room.banned_ips and self.sanctions is not None:  # only this node knows it
                 room.banned_ips.add(m.ip)
                 self.sup.run("chat-ban-ips", self._record_addresses(stream, "ban", m.identity, None, {m.ip}))
             self._ban_drop(c)
 
-    async def admit(self, stream: str, ip: str) -> ChatError | None:
-        """Why a new socket from ``ip`` may not chat here, or None."""
+    async def admit(self, stream: str, ip: str, privileged: bool = False) -> ChatError | None:
+        """Why a new socket from ``ip`` may not chat here, or None (``privileged``: it holds a
+        moderator's or the streamer's token: address sanctions are not for it)."""
         await self.ensure_loaded(stream)
-        if self.room(stream).address_banned(ip):
+        if not privileged and self.room(stream).address_banned(ip):
             return ChatError("banned", "your address is banned from this chat")
         return None
 
@@ -362,10 +363,10 @@ class ChatHub:
                         room.ip_timeouts[ip] = max(room.ip_timeouts.get(ip, 0.0), until or 0.0)
                 if self.sanctions is not None:
                     self.sup.run(f"chat-{kind}-ips", self._record_addresses(msg.stream, kind, ident, until, ips))
-            if kind == "ban":  # the banned user's connections here go now, and their address's
-                for c in list(conns.values()):
+            if kind == "ban":  # the banned user's connections here go now (others on the same
+                for c in list(conns.values()):  # address stay; a new socket from it is refused)
                     m = room.members.get(c.id)
-                    if m is not None and (m.identity == ident or m.ip in ips):
+                    if m is not None and m.identity == ident:
                         self._ban_drop(c)
         text = dumps(event)  # encoded once for every connection
         frame = text_frame(text)

@@ -108,10 +108,6 @@ def chat_routes(
         except StreamNotFound:
             await ws.close(code=4404, reason="no such stream")
             return
-        refused = await hub.admit(stream, ip)
-        if refused is not None:
-            await _refuse(ws, refused, 4003)
-            return
         identity = None
         token_id = ""
         if token:
@@ -127,6 +123,10 @@ def chat_routes(
             except BadToken as exc:
                 await _refuse(ws, ChatError("bad_token", str(exc)), 4001)
                 return
+        refused = await hub.admit(stream, ip, privileged=identity is not None)
+        if refused is not None:
+            await _refuse(ws, refused, 4003)
+            return
         await ws.accept()
         conn = hub.connect(
             stream, ws.send_text, lambda code, reason: ws.close(code, reason), raw_writer(ws)
