@@ -149,3 +149,17 @@ def test_security_settings_from_file_env_and_their_checks(tmp_path: Path) -> Non
             Settings(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="TIDECAST_HTTP_MAX_PER_IP"):
         from_env({"TIDECAST_HTTP_MAX_PER_IP": "lots"})
+
+
+def test_security_flags_over_file_and_env(tmp_path: Path) -> None:
+    from tidecast.cli import _settings, build_parser
+
+    conf = tmp_path / "t.toml"
+    conf.write_text("http_max_per_ip = 10\nchat_max_per_ip = 3\n")
+    args = build_parser().parse_args(["origin", "--config", str(conf), "--http-max-per-ip", "12",
+                                      "--trusted-proxies", "10.0.0.0/8", "--operator-listen", "127.0.0.1:9100",
+                                      "--download-max-builds", "1", "--http-head-timeout", "4"])  # fmt: skip
+    s = _settings(args)
+    assert (s.http_max_per_ip, s.chat_max_per_ip, s.trusted_proxies) == (12, 3, "10.0.0.0/8")
+    assert (s.operator_listen, s.download_max_builds, s.http_head_timeout) == ("127.0.0.1:9100", 1, 4.0)
+    assert _settings(build_parser().parse_args(["serve", "--chat-join-timeout", "2"])).chat_join_timeout == 2.0

@@ -39,7 +39,29 @@ def _settings(args: argparse.Namespace) -> Settings:
         source_rendition=getattr(args, "source_rendition", None),
         workers=getattr(args, "workers", None),
         x264_preset=getattr(args, "preset", None),
+        **{name: getattr(args, name, None) for name, _, _ in _LIMIT_FLAGS},
     )
+
+
+# settings of the HTTP listener's protections: (setting, type, help); --name-with-dashes
+_LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("http_max_connections", int, "HTTP connections this node holds at most (default 8192)"),
+    ("http_max_per_ip", int, "HTTP connections per client address (default 64; trusted proxies exempt)"),
+    ("http_head_timeout", float, "seconds a whole request head may take (default 10)"),
+    ("trusted_proxies", str, "comma-separated CIDRs whose X-Forwarded-For is believed (default none)"),
+    ("chat_join_timeout", float, "seconds a chat socket has to join (default 5)"),
+    ("chat_max_per_ip", int, "open chat sockets per client address (default 20)"),
+    ("download_max_per_ip", int, "MP4 downloads in progress per client address (default 2)"),
+    ("download_max_total", int, "MP4 downloads in progress on this node (default 8)"),
+    ("download_max_builds", int, "MP4 files made at once, one ffmpeg each (default 2)"),
+    ("operator_listen", str, "HOST:PORT serving /metrics and /api/v1/transcode without a token"),
+)
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    for name, kind, text in _LIMIT_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
+                       help=f"{text} (env TIDECAST_{name.upper()})")  # fmt: skip
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -93,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, help="transcode worker processes (default: one per core)"
     )
     serve.add_argument("--preset", help="x264 preset for the ladder (default veryfast)")
+    _add_limits(serve)
 
     role_help = {
         "ingest": "RTMP ingest + segmenter (scale-out role)",
@@ -105,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_data_dir(rp)
         if name == "worker":
             rp.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+        if name == "origin":
+            _add_limits(rp)
 
     streams = sub.add_parser("streams", help="manage streams and stream keys")
     ssub = streams.add_subparsers(dest="streams_command", required=True)
