@@ -54,6 +54,11 @@ class TidecastServer:
     def admin_token(self) -> str:
         return (self.data_dir / "admin-token").read_text().strip()
 
+    @property
+    def admin(self) -> dict[str, str]:
+        """Headers for admin and operator endpoints (/metrics, /api/v1/transcode)."""
+        return {"authorization": f"Bearer {self.admin_token}"}
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -91,6 +96,10 @@ def start_server(data_dir: Path, *extra: str, env: dict[str, str] | None = None)
         "TIDECAST_DATA_DIR": str(data_dir),
         "PYTHONUNBUFFERED": "1",
         "TIDECAST_LADDER": "none",  # passthrough unless a test asks for the ladder
+        # crowds of clients in tests come from one loopback address: the per-address caps
+        # are tested where a test sets them (tests/e2e/test_hostile.py)
+        "TIDECAST_HTTP_MAX_PER_IP": "8192",
+        "TIDECAST_CHAT_MAX_PER_IP": "100000",
         **(env or {}),
     }
     with log_path.open("wb") as logf:

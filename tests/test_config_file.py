@@ -175,6 +175,8 @@ def test_tls_files_are_checked_with_a_clear_error(tmp_path: Path) -> None:
     both = tmp_path / "both.pem"
     both.write_bytes(cert.read_bytes() + key.read_bytes())
     assert server_context(Settings(tls_cert=str(both))) is not None  # key in the cert file
+
+
 def test_playback_settings_from_file_env_and_flags(tmp_path: Path) -> None:
     from tidecast.cli import _settings, build_parser
 
@@ -219,3 +221,55 @@ def test_edge_config_carries_the_origins_playback_secret(tmp_path: Path) -> None
     with contextlib.redirect_stdout(out):
         assert main(["edge-config", "--origin", "o:1", "--playback-secret", "given-secret-0123456789"]) == 0
     assert "given-secret-0123456789" in out.getvalue()
+
+
+def test_limit_settings_from_file_env_and_their_checks(tmp_path: Path) -> None:
+    conf = tmp_path / "t.toml"
+    conf.write_text('tls_cert = "/etc/c.pem"\ntls_key = "/etc/k.pem"\ntrusted_proxies = "10.0.0.0/8, ::1"\n'
+                    'http_max_per_ip = 10\nhttp_head_timeout = 3\nchat_join_timeout = 2\nchat_max_per_ip = 7\n'
+                    'download_max_per_ip = 1\ndownload_max_total = 4\ndownload_max_builds = 1\n'
+                    'operator_listen = "127.0.0.1:9100"\nhttp_max_connections = 100\n')  # fmt: skip
+    s = from_file(conf)
+    assert (s.tls_cert, s.tls_key, s.trusted_proxies) == ("/etc/c.pem", "/etc/k.pem", "10.0.0.0/8, ::1")
+    assert (s.http_max_connections, s.http_max_per_ip, s.http_head_timeout) == (100, 10, 3.0)
+    assert (s.chat_join_timeout, s.chat_max_per_ip) == (2.0, 7)
+    assert (s.download_max_per_ip, s.download_max_total, s.download_max_builds) == (1, 4, 1)
+    assert s.operator_listen == "127.0.0.1:9100"
+    env = {"TIDECAST_TLS_CERT": "/x/c.pem", "TIDECAST_TLS_KEY": "/x/k.pem", "TIDECAST_HTTP_MAX_PER_IP": "20",
+           "TIDECAST_TRUSTED_PROXIES": "192.0.2.1", "TIDECAST_OPERATOR_LISTEN": "[::1]:9101",
+           "TIDECAST_CHAT_JOIN_TIMEOUT": "4", "TIDECAST_DOWNLOAD_MAX_TOTAL": "9"}  # fmt: skip
+    s = from_env(env, base=s)
+    assert (s.tls_cert, s.http_max_per_ip, s.trusted_proxies, s.operator_listen) == (
+        "/x/c.pem", 20, "192.0.2.1", "[::1]:9101")  # fmt: skip
+    assert s.chat_join_timeout == 4.0 and s.download_max_total == 9
+    d = Settings()
+    assert d.tls_cert == "" and d.trusted_proxies == "" and d.operator_listen == ""
+    for bad, message in [
+        ({"tls_key": "/k.pem"}, "tls_key is set but tls_cert is not"),
+        ({"trusted_proxies": "10.0.0.0/99"}, "trusted_proxies"),
+        ({"operator_listen": "9100"}, "HOST:PORT"),
+        ({"http_max_per_ip": 0}, "http_max_per_ip"),
+        ({"http_max_per_ip": 10, "http_max_connections": 5}, "http_max_per_ip"),
+        ({"http_head_timeout": 0}, "http_head_timeout"),
+        ({"chat_max_per_ip": 0}, "chat_max_per_ip"),
+        ({"download_max_per_ip": 5, "download_max_total": 2}, "download_max_per_ip"),
+        ({"download_max_builds": 0}, "download_max_builds"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            Settings(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="TIDECAST_HTTP_MAX_PER_IP"):
+        from_env({"TIDECAST_HTTP_MAX_PER_IP": "lots"})
+
+
+def test_limit_flags_over_file_and_env(tmp_path: Path) -> None:
+    from tidecast.cli import _settings, build_parser
+
+    conf = tmp_path / "t.toml"
+    conf.write_text("http_max_per_ip = 10\nchat_max_per_ip = 3\n")
+    args = build_parser().parse_args(["origin", "--config", str(conf), "--http-max-per-ip", "12",
+                                      "--trusted-proxies", "10.0.0.0/8", "--operator-listen", "127.0.0.1:9100",
+                                      "--download-max-builds", "1", "--http-head-timeout", "4"])  # fmt: skip
+    s = _settings(args)
+    assert (s.http_max_per_ip, s.chat_max_per_ip, s.trusted_proxies) == (12, 3, "10.0.0.0/8")
+    assert (s.operator_listen, s.download_max_builds, s.http_head_timeout) == ("127.0.0.1:9100", 1, 4.0)
+    assert _settings(build_parser().parse_args(["serve", "--chat-join-timeout", "2"])).chat_join_timeout == 2.0

@@ -44,6 +44,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         playback_token_ttl=getattr(args, "playback_token_ttl", None),
         password_attempts=getattr(args, "password_attempts", None),
         key_rotation=getattr(args, "key_rotation", None),
+        **{name: getattr(args, name, None) for name, _, _ in _LIMIT_FLAGS},
     )
 
 
@@ -77,6 +78,27 @@ def _add_security(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group("TLS and ingest auth (each also TIDECAST_<NAME> and a config key)")
     for name, kind, text in SECURITY_FLAGS:
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
+
+
+# settings of the HTTP listener's protections: (setting, type, help); --name-with-dashes
+_LIMIT_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("http_max_connections", int, "HTTP connections this node holds at most (default 8192)"),
+    ("http_max_per_ip", int, "HTTP connections per client address (default 64; trusted proxies exempt)"),
+    ("http_head_timeout", float, "seconds a whole request head may take (default 10)"),
+    ("trusted_proxies", str, "comma-separated CIDRs whose X-Forwarded-For is believed (default none)"),
+    ("chat_join_timeout", float, "seconds a chat socket has to join (default 5)"),
+    ("chat_max_per_ip", int, "open chat sockets per client address (default 20)"),
+    ("download_max_per_ip", int, "MP4 downloads in progress per client address (default 2)"),
+    ("download_max_total", int, "MP4 downloads in progress on this node (default 8)"),
+    ("download_max_builds", int, "MP4 files made at once, one ffmpeg each (default 2)"),
+    ("operator_listen", str, "HOST:PORT serving /metrics and /api/v1/transcode without a token"),
+)
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    for name, kind, text in _LIMIT_FLAGS:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind,
+                       help=f"{text} (env TIDECAST_{name.upper()})")  # fmt: skip
 
 
 def _add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -147,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--preset", help="x264 preset for the ladder (default veryfast)")
     _add_playback(serve)
+    _add_limits(serve)
 
     role_help = {
         "ingest": "RTMP ingest + segmenter (scale-out role)",
@@ -161,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_security(rp)
         if name == "origin":
             _add_playback(rp)
+            _add_limits(rp)
         if name == "worker":
             rp.add_argument("--workers", type=int, help="worker processes (default: one per core)")
 
@@ -210,10 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     edge.add_argument("--pid-file", default="/run/tidecast-edge.pid")
     edge.add_argument("--error-log", default="/var/log/tidecast-edge-error.log")
     edge.add_argument("--user", default="www-data", help="user of nginx's worker processes")
-    edge.add_argument("--config", help="the deployment's TOML config (its playback_secret)")
+    edge.add_argument("--config", help="the deployment's TOML config (its playback_secret, tls_cert, tls_key)")
     edge.add_argument("--data-dir", type=_path,
                       help="data dir whose playback secret to use (when none is configured)")  # fmt: skip
     _add_playback(edge, edge=True)
+    edge.add_argument("--tls-cert", help="PEM certificate: adds a TLS + HTTP/2 listener (env TIDECAST_TLS_CERT)")
+    edge.add_argument("--tls-key", help="PEM key of --tls-cert (env TIDECAST_TLS_KEY; default: in that file)")
+    edge.add_argument("--tls-listen", default="0.0.0.0:443", help="address of the TLS listener")
+    edge.add_argument("--max-conns-per-ip", type=int, default=64,
+                      help="connections (HTTP/2: requests) one client address may hold")  # fmt: skip
 
     bench = sub.add_parser("bench", help="benchmarks (figures + a baseline in the same run)")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
@@ -280,14 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tls-selfsigned":
             return _tls_selfsigned(args)
         if args.command == "edge-config":
-            from tidecast.edge.nginx import EdgeConfig, render
-            from tidecast.origin.admin import playback_secret
-
-            secret = playback_secret(_settings(args))
-            print(render(EdgeConfig(args.origin, args.listen, args.cache_dir, args.cache_size,
-                                    args.segment_target, args.pid_file, args.error_log,
-                                    user=args.user, playback_secret=secret)), end="")  # fmt: skip
-            return 0
+            return _edge_config(args)
         if args.command == "bench":
             from tidecast.bench import chat, g2g, latency, origin, transcode
 
@@ -298,6 +320,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tidecast: {exc}", file=sys.stderr)
         return 2
     return 2
+
+
+def _edge_config(args: argparse.Namespace) -> int:
+    from tidecast.edge.nginx import EdgeConfig, render
+    from tidecast.origin.admin import playback_secret
+
+    s = _settings(args)  # --tls-cert/--tls-key/--playback-secret over the config file and env
+    try:
+        text = render(EdgeConfig(args.origin, args.listen, args.cache_dir, args.cache_size,
+                                 args.segment_target, args.pid_file, args.error_log, user=args.user,
+                                 playback_secret=playback_secret(s), tls_cert=s.tls_cert,
+                                 tls_key=s.tls_key, tls_listen=args.tls_listen,
+                                 max_conns_per_ip=args.max_conns_per_ip))  # fmt: skip
+    except ValueError as exc:
+        print(f"tidecast edge-config: {exc}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
 
 
 def own_command(argv0: str | None = None, cwd: str | None = None) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tidecast import keys
 from tidecast.access.tokens import MAX_TTL, BadSecret, check_secret
+from tidecast.netaddr import ProxyError, parse_listen, parse_networks
 from tidecast.store.factory import StoreURLError, check_store_url
 from tidecast.transcode.ladder import DEFAULT_LADDER, LadderError, Rung, parse_ladder
 
@@ -109,6 +110,22 @@ class Settings:
     playback_token_ttl: float = 6 * 3600.0
     password_attempts: int = 5  # wrong stream passwords per address per minute, then 429
     key_rotation: int = 10  # AES-128 streams: a new key every this many segments
+    # HTTP connections: a global cap, a cap per client address (trusted proxies are exempt:
+    # an edge holds many viewers' connections), and one deadline for a whole request head
+    http_max_connections: int = 8192
+    http_max_per_ip: int = 64
+    http_head_timeout: float = 10.0
+    # comma-separated CIDRs whose X-Forwarded-For is believed (e.g. the edge's address);
+    # empty: no one's, every client is its socket's address
+    trusted_proxies: str = ""
+    chat_join_timeout: float = 5.0  # seconds a chat socket has to send its join
+    chat_max_per_ip: int = 20  # open chat sockets per client address (per node)
+    download_max_per_ip: int = 2  # MP4 downloads in progress per client address
+    download_max_total: int = 8  # MP4 downloads in progress on this node
+    download_max_builds: int = 2  # MP4 files being made (one ffmpeg each) at once
+    # "host:port": /metrics and /api/v1/transcode also served there without a token
+    # (on the main port they need the admin token); empty: no operator listener
+    operator_listen: str = ""
 
     def __post_init__(self) -> None:
         for name in ("http_port", "rtmp_port", "rtmps_port", "https_port"):
@@ -165,6 +182,22 @@ class Settings:
             raise ConfigError(f"password_attempts must be 1..1000, got {self.password_attempts}")
         if not 1 <= self.key_rotation <= 1_000_000:
             raise ConfigError(f"key_rotation must be 1..1000000 segments, got {self.key_rotation}")
+        if not 1 <= self.http_max_per_ip <= self.http_max_connections <= 1_000_000:
+            raise ConfigError("http_max_per_ip must be 1..http_max_connections (at most 1000000)")
+        if not 0.5 <= self.http_head_timeout <= 600 or not 0.5 <= self.chat_join_timeout <= 600:
+            raise ConfigError("http_head_timeout and chat_join_timeout must be 0.5..600 s")
+        if not 1 <= self.chat_max_per_ip <= 100_000:
+            raise ConfigError("chat_max_per_ip must be 1..100000")
+        if not 1 <= self.download_max_per_ip <= self.download_max_total <= 10_000:
+            raise ConfigError("download_max_per_ip must be 1..download_max_total (at most 10000)")
+        if not 1 <= self.download_max_builds <= 64:
+            raise ConfigError("download_max_builds must be 1..64")
+        try:
+            parse_networks(self.trusted_proxies)
+            if self.operator_listen:
+                parse_listen(self.operator_listen)
+        except ProxyError as exc:
+            raise ConfigError(str(exc)) from exc
         if not self.transcode_lag_threshold > 0:
             raise ConfigError(
                 f"transcode_lag_threshold must be positive, got {self.transcode_lag_threshold}"
@@ -316,6 +349,16 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "playback_token_ttl": float,
     "password_attempts": int,
     "key_rotation": int,
+    "http_max_connections": int,
+    "http_max_per_ip": int,
+    "http_head_timeout": float,
+    "trusted_proxies": str,
+    "chat_join_timeout": float,
+    "chat_max_per_ip": int,
+    "download_max_per_ip": int,
+    "download_max_total": int,
+    "download_max_builds": int,
+    "operator_listen": str,
 }
 
 

@@ -14,7 +14,8 @@ Every object of a stream lives under ``hls/<stream>/``::
     hls/<stream>/<broadcast>/jobs/<sequence:06d>-<rungs hash>.json       transcode job outputs
     hls/<stream>/<broadcast>/jobs/<sequence:06d>-r-<rendition>.json      a rendition's encode
     hls/<stream>/<broadcast>/clips/<clip>/...                            a clip's playlists
-    hls/<stream>/<broadcast>/keys/<index:06d>.key     AES-128 key (served, never stored)
+    hls/<stream>/<broadcast>/keys/<index:06d>.key                        AES-128 key (served, never stored)
+    hls/<stream>/<broadcast>/downloads/<rendition>-<hash>.mp4            an MP4 download, made once
 
 The origin serves ``hls/...`` at ``/hls/...``; playlists name their objects
 relative to themselves (``relative``).
@@ -110,6 +111,12 @@ def aes_key(stream: str, broadcast: str, index: int) -> str:
     return f"{broadcast_prefix(stream, broadcast)}/keys/{index:06d}.key"
 
 
+def download(stream: str, broadcast: str, rendition: str, fingerprint: str) -> str:
+    """A made MP4 download: ``fingerprint`` names exactly which segments it holds, so a
+    recording that changed (healed) gets a new file instead of a stale one."""
+    return f"{broadcast_prefix(stream, broadcast)}/downloads/{rendition}-{fingerprint}.mp4"
+
+
 def relative(key: str, base_dir: str) -> str:
     """``key`` as a URI relative to the directory ``base_dir`` (a playlist's own)."""
     return posixpath.relpath(key, base_dir)
@@ -123,7 +130,8 @@ def url_path(key: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Parsed:
     """What a key names. ``kind`` is one of: live_playlist, live_master, vod_playlist,
-    vod_master, poster, init, segment, part, aes_key, job, clip, other. ``index`` is a part's."""
+    vod_master, poster, init, segment, part, aes_key, job, clip, download, other. ``index``
+    is a part's."""
 
     kind: str
     stream: str
@@ -158,6 +166,8 @@ def parse(key: str) -> Parsed | None:
         return Parsed("other", stream, broadcast)
     if parts[3] == "clips":
         return Parsed("clip", stream, broadcast)
+    if parts[3] == "downloads" and len(parts) == 5:
+        return Parsed("download", stream, broadcast)
     if len(parts) == 5:
         rendition, name = parts[3], parts[4]
         if rendition == "keys":

@@ -41,7 +41,7 @@ from tidecast.chat.room import ChatLimits
 from tidecast.config import ConfigError, Settings
 from tidecast.db import StaleEpoch as StaleLease
 from tidecast.db import transient
-from tidecast.db.chat import ChatLog
+from tidecast.db.chat import ChatLog, ChatSanctions
 from tidecast.db.leases import Leases
 from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database
@@ -53,17 +53,19 @@ from tidecast.ingest.sessions import PublishGate
 from tidecast.ingest.tokens import IngestTokens, JWKSKeys
 from tidecast.ingest.webhooks import Webhooks
 from tidecast.live import LiveBroadcast, LiveStatus
+from tidecast.netaddr import TrustedProxies
 from tidecast.origin.admin import admin_secrets, ingest_token_secret, playback_secret
-from tidecast.origin.app import AppContext, TranscodeStatus, create_app
+from tidecast.origin.app import AppContext, TranscodeStatus, create_app, operator_app
 from tidecast.origin.blocking import max_hold
 from tidecast.origin.cache import HotCache
 from tidecast.origin.metrics import MetricsListener
 from tidecast.origin.playback import PlaybackGuard
 from tidecast.origin.reload import ReloadService
-from tidecast.origin.server import start_http, start_https
+from tidecast.origin.server import connection_table, start_http, start_https, start_operator_http
 from tidecast.packager.hls import epoch_of
 from tidecast.packager.leader import StreamLeadership
 from tidecast.packager.service import Packager
+from tidecast.recorder.download import Downloads
 from tidecast.recorder.service import Recorder
 from tidecast.segmenter.service import SegmenterService
 from tidecast.store.base import VersionedStore
@@ -376,7 +378,10 @@ class OriginNode:
                                                  playlist_ttl=settings.segment_target / 8)  # fmt: skip
         blocked = tuple(w.strip() for w in settings.chat_blocked_words.split(",") if w.strip())
         self.chat = ChatHub(self.bus, ChatLog(self.db), chat_lookup(self.live),
-                            limits=ChatLimits(blocked_words=blocked))  # fmt: skip
+                            limits=ChatLimits(blocked_words=blocked), sanctions=ChatSanctions(self.db),
+                            max_per_ip=settings.chat_max_per_ip)  # fmt: skip
+        self.downloads = Downloads(self.store, settings.data_dir / "download-tmp",
+                                   max_builds=settings.download_max_builds)  # fmt: skip
         root = unwrap(self.store)
         # LL-HLS: blocking playlist requests and hinted parts wait here, woken by the
         # packager's PlaylistUpdated notifications (and a store poll)
@@ -384,21 +389,26 @@ class OriginNode:
         # playback tokens and AES-128, with the secret the edge verifies tokens with too
         self.guard = PlaybackGuard(self.db, playback_secret(settings), self.live,
                                    rotation=settings.key_rotation)  # fmt: skip
-        self.app = create_app(AppContext(
+        self.ctx = AppContext(
             settings, self.db, self.live, self.admin_token, time.time(), transcode, self.recorder,
             self.chat, chat_secret, cache=self.cache,
             media_root=root.root if isinstance(root, LocalStore) else None, reload=self.reload,
-            ingest_tokens=ingest_tokens(settings),
-            guard=self.guard,
-        ))  # fmt: skip
+            ingest_tokens=ingest_tokens(settings), guard=self.guard,
+            proxies=TrustedProxies.parse(settings.trusted_proxies), downloads=self.downloads,
+        )  # fmt: skip
+        self.app = create_app(self.ctx)
         # backpressure metrics come from the ingest nodes' lag reports
         self.metrics = MetricsListener(self.bus)
         self._http: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._https: uvicorn.Server | None = None
         self._https_task: asyncio.Task[None] | None = None
+        # HTTP connections per client address and in all, over both listeners
+        self.connections = connection_table(settings)
         self.http_port = settings.http_port
         self.https_port: int | None = None
+        self._operator: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
+        self.operator_port = 0
 
     def describe(self) -> str:
         return f"HTTP on {self.settings.url_host}:{self.http_port}"
@@ -416,22 +426,31 @@ class OriginNode:
     async def listen(self) -> None:
         await self.own.ready()
         self._http, self._task, self.http_port = await start_http(self.app, self.settings, self.store,
-                                                                  self.reload, self.guard)  # fmt: skip
+                                                                  self.reload, self.guard,
+                                                                  self.connections)  # fmt: skip
         log.info("origin listening on %s:%d", self.settings.host, self.http_port)
         if self.settings.tls:
             server_context(self.settings)  # a clear error for a bad certificate or key
-            self._https, self._https_task, self.https_port = await start_https(self.app, self.settings)
+            self._https, self._https_task, self.https_port = await start_https(self.app, self.settings,
+                                                                               self.connections)  # fmt: skip
             log.info("origin listening on %s:%d (HTTPS)", self.settings.host, self.https_port)
+        if self.settings.operator_listen:
+            server, task, self.operator_port = await start_operator_http(operator_app(self.ctx), self.settings)
+            self._operator = (server, task)
+            log.info("operator endpoints (/metrics, /api/v1/transcode) on %s, no token needed there",
+                     self.settings.operator_listen)  # fmt: skip
 
     async def stop_chat(self) -> None:
         await self.chat.aclose()
 
     async def aclose(self) -> None:
         await self.chat.aclose()
-        for server, task in ((self._http, self._task), (self._https, self._https_task)):
+        for server, task in [(self._http, self._task), (self._https, self._https_task),
+                             self._operator or (None, None)]:  # fmt: skip
             if server is not None and task is not None:
                 server.should_exit = True
                 await asyncio.gather(task, return_exceptions=True)
+        await self.downloads.aclose()
         if self.directory is not None:
             await self.directory.aclose()
         await self.reload.aclose()

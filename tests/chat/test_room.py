@@ -95,3 +95,32 @@ def test_tokens() -> None:
                              (issue(b"x" * 32, ChatClaims("s", "mod", "streamer", 2e9)), "s", 1e9)):  # fmt: skip
         with pytest.raises(BadToken):
             verify(secret, bad, stream, now=now)
+
+
+def test_bans_and_timeouts_hold_by_address_too() -> None:
+    r = Room("s")
+    r.load([("ban", "bob", "10.0.0.7", None), ("timeout", "eve", "10.0.0.8", 100.0),
+            ("ban", "mallory", None, None)])  # fmt: skip
+    for name, ip in (("bob", "10.0.0.1"), ("someone", "10.0.0.7"), ("Mallory", "10.0.0.2")):
+        with pytest.raises(ChatError) as e:
+            r.join(9, name, "viewer", ip)
+        assert code(e) == "banned"
+    assert r.address_banned("10.0.0.7") and not r.address_banned("10.0.0.1")
+    r.join(1, "fresh", "viewer", "10.0.0.8")  # a timeout lets one in, but not speak
+    with pytest.raises(ChatError) as e:
+        r.message(1, "hi", 50.0)
+    assert code(e) == "timed_out"
+    assert r.message(1, "hi", 101.0).room[0]["text"] == "hi"
+    r.load([])  # lifted in the database: lifted here
+    r.join(2, "bob", "viewer", "10.0.0.7")
+    assert r.members_of("bob")[0].ip == "10.0.0.7"
+
+
+def test_token_ids() -> None:
+    from tidecast.chat.tokens import new_token_id
+
+    secret = b"k" * 32
+    tid = new_token_id()
+    tok = issue(secret, ChatClaims("s", "mod", "moderator", 2e9, tid))
+    assert verify(secret, tok, "s", now=1e9).id == tid
+    assert verify(secret, issue(secret, ChatClaims("s", "m", "moderator", 2e9)), "s", now=1e9).id.startswith("ct_")

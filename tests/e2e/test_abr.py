@@ -134,7 +134,7 @@ def test_1080p_source_gets_every_fitting_rung(media: Path, tmp_path: Path) -> No
         counts = {n: len(p.segments) for n, p in playlists.items()}
         assert len(set(counts.values())) == 1, counts
         assert abs(sum(s.duration for s in playlists["1080p"].segments) - 30) <= 2
-        status = httpx.get(f"{server.http}/api/v1/transcode").json()
+        status = httpx.get(f"{server.http}/api/v1/transcode", headers=server.admin).json()
         assert status["dead_lettered"] == 0 and status["jobs_done"] >= 14
     finally:
         server.stop()
@@ -155,7 +155,7 @@ def test_out_of_order_and_killed_worker_lose_nothing(media: Path, tmp_path: Path
         killed = None
         deadline = time.monotonic() + 40
         while killed is None and time.monotonic() < deadline:
-            for w in httpx.get(f"{server.http}/api/v1/transcode").json()["workers"]:
+            for w in httpx.get(f"{server.http}/api/v1/transcode", headers=server.admin).json()["workers"]:
                 if w["job"] and w["job"].endswith(("#5", "#6", "#7")):
                     os.kill(w["pid"], signal.SIGKILL)
                     killed = w
@@ -168,7 +168,7 @@ def test_out_of_order_and_killed_worker_lose_nothing(media: Path, tmp_path: Path
         audio = check_audio(server, "chaos", whole_playlist(httpx.get(f"{server.http}/hls/chaos/audio.m3u8").text))
         for name, height, kbps in (("720p", 720, 2000), ("360p", 360, 700)):
             check_sync(check_rendition(server, "chaos", name, playlists[name], height=height, kbps=kbps), audio)
-        status = httpx.get(f"{server.http}/api/v1/transcode").json()
+        status = httpx.get(f"{server.http}/api/v1/transcode", headers=server.admin).json()
         assert status["worker_restarts"] >= 1 and status["retries"] >= 1
         assert status["dead_lettered"] == 0
         assert killed["pid"] not in [w["pid"] for w in status["workers"]]
@@ -201,11 +201,11 @@ def test_a_job_that_always_fails_becomes_a_gap(media: Path, tmp_path: Path) -> N
             gaps = [i for i, s in enumerate(pl.segments) if "#EXT-X-GAP" in s.dumps(None)]
             assert gaps == [3], f"{name}: gaps at {gaps}"
             assert len(pl.segments) >= 7, "the stream went on after the gap"
-        status = httpx.get(f"{server.http}/api/v1/transcode").json()
+        status = httpx.get(f"{server.http}/api/v1/transcode", headers=server.admin).json()
         assert status["dead_lettered"] == 1
         assert status["retries"] == 2
         assert "gap#3 dead-lettered after 3 attempts" in server.log()
-        wait_for(lambda: httpx.get(f"{server.http}/api/v1/transcode").json()["heal_dead_lettered"] == 1,
+        wait_for(lambda: httpx.get(f"{server.http}/api/v1/transcode", headers=server.admin).json()["heal_dead_lettered"] == 1,
                  60, what="the heal job to give up too")  # fmt: skip
         vod = httpx.get(f"{server.http}/api/v1/broadcasts?stream=gap").json()[0]
         assert vod["vod"] and vod["gaps"] == 2 and vod["healed"] == 0  # 480p and 240p of segment 3

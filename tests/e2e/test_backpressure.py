@@ -90,7 +90,7 @@ def test_lagging_transcode_skips_the_top_rung(tmp_path: Path, ffmpeg_exe: str) -
         master = whole_playlist(httpx.get(f"{base}/master.m3u8").text)
         assert sorted(v.uri for v in master.playlists) == ["144p.m3u8", "240p.m3u8"]
 
-        r = httpx.get(f"{server.http}/metrics")
+        r = httpx.get(f"{server.http}/metrics", headers=server.admin)
         assert r.status_code == 200 and r.headers["content-type"].startswith(
             "text/plain; version=0.0.4"
         )
@@ -106,6 +106,6 @@ def test_lagging_transcode_skips_the_top_rung(tmp_path: Path, ffmpeg_exe: str) -
         )
         log = server.log()
         assert "new segments skip 240p" in log and "WARNING" in log
-        assert httpx.get(f"{server.http}/api/v1/transcode").json()["dead_lettered"] == 0
+        assert httpx.get(f"{server.http}/api/v1/transcode", headers=server.admin).json()["dead_lettered"] == 0
     finally:
         server.stop()

@@ -47,9 +47,10 @@ class Client:
         return await self.next("error")
 
 
-async def connect(server: TidecastServer, name: str | None, token: str | None = None) -> Client:
+async def connect(server: TidecastServer, name: str | None, token: str | None = None,
+                  source: str = "127.0.0.1") -> Client:  # fmt: skip
     url = f"ws://127.0.0.1:{server.http_port}/chat/room" + (f"?token={token}" if token else "")
-    c = Client(await websockets.connect(url, max_size=2**20))
+    c = Client(await websockets.connect(url, max_size=2**20, local_addr=(source, 0)))
     await c.send(type="join", **({"name": name} if name else {}))
     welcome = await c.next("welcome")
     c.welcome = welcome  # type: ignore[attr-defined]
@@ -150,7 +151,8 @@ async def test_rate_limit_and_slow_mode(chat_server: TidecastServer) -> None:
 
 async def test_delete_timeout_ban(chat_server: TidecastServer) -> None:
     mod = await connect(chat_server, None, token(chat_server, "modmax"))
-    fred, gus = await connect(chat_server, "fred"), await connect(chat_server, "gus")
+    # fred on an address of his own: bans and timeouts hold for his address too
+    fred, gus = await connect(chat_server, "fred", source="127.0.0.5"), await connect(chat_server, "gus")
     await fred.send(type="message", text="something rude")
     msg = await gus.next("message")
     await mod.send(type="delete", id=msg["id"])
@@ -169,6 +171,10 @@ async def test_delete_timeout_ban(chat_server: TidecastServer) -> None:
     again = Client(await websockets.connect(f"ws://127.0.0.1:{chat_server.http_port}/chat/room"))
     await again.send(type="join", name="Fred")  # a new connection, the same identity
     assert (await again.error())["code"] == "banned"
+    # his address is refused whatever the name, at once
+    other = Client(await websockets.connect(f"ws://127.0.0.1:{chat_server.http_port}/chat/room",
+                                            local_addr=("127.0.0.5", 0)))  # fmt: skip
+    assert (await other.error())["message"] == "your address is banned from this chat"
     assert "moderation: modmax banned fred" in chat_server.log()
     for c in (mod, gus, later, again):
         await c.ws.close()

@@ -112,7 +112,7 @@ def test_store_and_database_outages_lose_nothing(tmp_path: Path, ffmpeg_exe: str
             info = vod()
             assert info is not None
             # the faults really hit: the stages retried through them
-            metrics = httpx.get(f"{server.http}/metrics").text
+            metrics = httpx.get(f"{server.http}/metrics", headers=server.admin).text
 
             def total(name: str) -> float:
                 return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()

@@ -102,7 +102,7 @@ def test_a_recording_degraded_live_heals(tmp_path: Path, clips: Clips) -> None:
         watcher.finish()
         assert not watcher.problems, watcher.problems[:10]
         info = httpx.get(f"{server.http}/api/v1/broadcasts/{broadcast}").json()
-        status = httpx.get(f"{server.http}/api/v1/transcode").json()
+        status = httpx.get(f"{server.http}/api/v1/transcode", headers=server.admin).json()
         live_gaps = {r: len(v) for r, v in watcher.gaps_seen.items()}
         print(f"heal: {kills} ffmpeg SIGKILLs; live gaps seen {live_gaps}; {info['healed']} segments healed "
               f"{healed_in:.0f} s after the end; transcode {status}")  # shown with -s

@@ -80,7 +80,7 @@ def _ok(url: str) -> bool:
 
 
 def blocking_requests(server: TidecastServer) -> float:
-    text = httpx.get(f"{server.http}/metrics", timeout=5).text
+    text = httpx.get(f"{server.http}/metrics", headers=server.admin, timeout=5).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("tidecast_origin_blocking_requests_total{"))  # fmt: skip
 

@@ -54,7 +54,7 @@ def test_three_times_overload_degrades_by_rungs_and_recovers(tmp_path: Path, cli
         samples: list[tuple[float, float, float]] = []  # (t, lag, skipped rungs)
         t0 = time.monotonic()
         while pub.poll() is None and time.monotonic() - t0 < 120:
-            text = httpx.get(f"{server.http}/metrics").text
+            text = httpx.get(f"{server.http}/metrics", headers=server.admin).text
             lag = gauge(text, "tidecast_transcode_lag_seconds", "ov")
             skipped = gauge(text, "tidecast_transcode_skipped_rungs", "ov")
             if lag is not None and skipped is not None:
@@ -73,7 +73,7 @@ def test_three_times_overload_degrades_by_rungs_and_recovers(tmp_path: Path, cli
         watcher.finish()
         assert not watcher.problems, watcher.problems[:10]
 
-        status = httpx.get(f"{server.http}/api/v1/transcode").json()
+        status = httpx.get(f"{server.http}/api/v1/transcode", headers=server.admin).json()
         jobs = status["jobs_done"]
         dup_rate = status["duplicate_encodes"] / max(1, jobs)
         lags = [lag for _, lag, _ in samples]

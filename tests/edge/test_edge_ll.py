@@ -89,7 +89,9 @@ def stop_nginx(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 async def edge(tmp_path: Path) -> AsyncIterator[Edge]:
-    settings = Settings(host="127.0.0.1", http_port=0, rtmp_port=0, data_dir=tmp_path / "data")
+    # the edge's connections: from a trusted proxy (no per-address cap)
+    settings = Settings(host="127.0.0.1", http_port=0, rtmp_port=0, data_dir=tmp_path / "data",
+                        trusted_proxies="127.0.0.1")  # fmt: skip
     bus = MemoryBus()
     store = open_media(settings)
     node = OriginNode(settings, Shared(bus, open_database(settings), store))

@@ -60,3 +60,37 @@ def test_playback_tokens_are_checked_before_the_cache() -> None:
     assert "secure_link" not in bare and "default bypass;" in bare and "proxy_no_cache $tc_bypass;" in bare
     with pytest.raises(ValueError, match="playback secret"):
         render(EdgeConfig(origins=["10.0.0.1:8080"], playback_secret='bad" secret'))
+
+
+def test_tls_listener_http2_and_forwarded_headers() -> None:
+    plain = render(EdgeConfig(origins=["10.0.0.1:8080"]))
+    assert "ssl" not in plain and "X-Forwarded-For $proxy_add_x_forwarded_for" in plain
+    text = render(EdgeConfig(origins=["10.0.0.1:8080"], tls_cert="/etc/t/cert.pem", tls_key="/etc/t/key.pem",
+                             tls_listen="0.0.0.0:8443", max_conns_per_ip=20))  # fmt: skip
+    assert "listen 0.0.0.0:8443 ssl http2;" in text and "listen 0.0.0.0:8090;" in text
+    assert "ssl_certificate /etc/t/cert.pem;" in text and "ssl_certificate_key /etc/t/key.pem;" in text
+    assert "limit_conn tidecast_perip 20;" in text and "client_header_timeout 10s;" in text
+    # a location with proxy_set_header of its own inherits none: it must repeat them
+    last = text.split("location / {", 1)[1]
+    assert "X-Forwarded-For $proxy_add_x_forwarded_for;" in last and "proxy_set_header Host $http_host;" in last
+    # the key may be in the certificate file; a key without a certificate is refused
+    one = render(EdgeConfig(origins=["o:1"], tls_cert="/c.pem"))
+    assert "ssl_certificate /c.pem;" in one and "ssl_certificate_key /c.pem;" in one
+    with pytest.raises(ValueError, match="tls_cert is not"):
+        render(EdgeConfig(origins=["o:1"], tls_key="/k.pem"))
+    with pytest.raises(ValueError, match="unusable"):
+        render(EdgeConfig(origins=["o:1"], tls_cert="/c.pem; evil", tls_key="/k.pem"))
+
+
+def test_edge_config_cli_takes_tls_from_settings(tmp_path: object) -> None:
+    import subprocess
+    import sys
+
+    env = {"TIDECAST_TLS_CERT": "/srv/c.pem", "TIDECAST_TLS_KEY": "/srv/k.pem", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "tidecast", "edge-config", "--origin", "127.0.0.1:8080",
+                          "--tls-listen", "127.0.0.1:8443"], capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "ssl_certificate /srv/c.pem;" in out.stdout and "listen 127.0.0.1:8443 ssl http2;" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "tidecast", "edge-config", "--origin", "o:1", "--tls-key", "/k.pem"],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, timeout=60)  # fmt: skip
+    assert out.returncode == 2 and "tls_key is set but tls_cert is not" in out.stderr

@@ -53,7 +53,9 @@ class Origin:
 
 @pytest.fixture
 async def origin(tmp_path: Path) -> AsyncIterator[Origin]:
-    settings = Settings(host="127.0.0.1", http_port=0, rtmp_port=0, data_dir=tmp_path / "data")
+    # crowds come from one loopback address: no per-address cap here
+    settings = Settings(host="127.0.0.1", http_port=0, rtmp_port=0, data_dir=tmp_path / "data",
+                        http_max_per_ip=8192)  # fmt: skip
     bus = MemoryBus()
     store = open_media(settings)
     node = OriginNode(settings, Shared(bus, open_database(settings), store))

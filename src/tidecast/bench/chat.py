@@ -222,7 +222,9 @@ async def run(clients: int, rate: float, seconds: float) -> int:
     with tempfile.TemporaryDirectory(prefix="tidecast-bench-") as tmp:
         http, rtmp = _free_port(), _free_port()
         env = {**os.environ, "TIDECAST_HOST": "127.0.0.1", "TIDECAST_HTTP_PORT": str(http),
-               "TIDECAST_RTMP_PORT": str(rtmp), "TIDECAST_DATA_DIR": tmp, "TIDECAST_LADDER": "none"}  # fmt: skip
+               "TIDECAST_RTMP_PORT": str(rtmp), "TIDECAST_DATA_DIR": tmp, "TIDECAST_LADDER": "none",
+               # every simulated client comes from 127.0.0.1: no per-address caps here
+               "TIDECAST_HTTP_MAX_PER_IP": "8192", "TIDECAST_CHAT_MAX_PER_IP": "100000"}  # fmt: skip
         srv = await asyncio.create_subprocess_exec(sys.executable, "-m", "tidecast", "serve", env=env,
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:

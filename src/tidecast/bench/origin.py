@@ -149,7 +149,9 @@ def _child_env() -> dict[str, str]:
     bench's servers are configured by their flags alone, whatever the shell has."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TIDECAST_") or k == "TIDECAST_FFMPEG"}  # fmt: skip
-    env.update(TIDECAST_HOST="127.0.0.1", PYTHONUNBUFFERED="1")
+    # every simulated viewer comes from 127.0.0.1: lift the per-address cap (meant for
+    # real clients, each from an address of its own), the rest stays as users run it
+    env.update(TIDECAST_HOST="127.0.0.1", PYTHONUNBUFFERED="1", TIDECAST_HTTP_MAX_PER_IP="8192")
     return env
 
 

@@ -5,6 +5,15 @@ to every node, which applies it to its room state and delivers it to its own
 connections — so viewers on different nodes share one room. Each connection has
 a bounded send queue drained by its own writer task: a client that stops
 reading overflows its queue and is disconnected; broadcast never waits on it.
+
+Bans and timeouts are kept in the database (``ChatSanctions``): the moderator's
+node records the identity before the event goes out, and every node that has
+the user connected records the user's address too when the event reaches it,
+then tells the others (an internal ``_sanctions`` event) to read the room's
+sanctions again. A room reads them when it first opens on a node, and every
+few seconds while it has people in it, so they hold across restarts and on
+every node sharing the database. Internal events (``_presence``,
+``_sanctions``, ``_revoke``) never reach clients.
 """
 
 from __future__ import annotations
@@ -23,7 +32,8 @@ from tidecast.bus.base import Bus, Delivery, Subscription
 from tidecast.bus.consumer import consume
 from tidecast.chat.protocol import ChatError, dumps, parse_client_frame
 from tidecast.chat.room import ChatLimits, Room
-from tidecast.db.chat import ChatLog, StoredMessage
+from tidecast.db.chat import ChatLog, ChatSanctions, Sanction, StoredMessage
+from tidecast.limits import Slots
 from tidecast.messages import ChatEvent
 from tidecast.metrics import REGISTRY
 from tidecast.supervise import Supervisor
@@ -33,6 +43,7 @@ log = logging.getLogger("tidecast.chat")
 MAX_UNSTORED = 50_000  # chat messages waiting for the database; past it the oldest are dropped
 QUIET_ROOM = 50  # bigger rooms get no join/leave lines, only the (coalesced) viewer count
 PRESENCE_EVERY = 1.0  # seconds: viewer counts are sent at most this often per room
+SANCTIONS_EVERY = 5.0  # seconds: rooms with people in them read their bans again this often
 
 SendText = Callable[[str], Awaitable[None]]
 RawWrite = Callable[[bytes], bool]  # writes a whole frame now, or returns False
@@ -82,7 +93,7 @@ def text_frame(text: str) -> bytes:
 class ChatHub:
     def __init__(
         self, bus: Bus, chat_log: ChatLog, lookup: BroadcastLookup, *, limits: ChatLimits | None = None,
-        queue_size: int = 256,
+        queue_size: int = 256, sanctions: ChatSanctions | None = None, max_per_ip: int = 20,
     ) -> None:  # fmt: skip
         self.bus = bus
         self.chat_log = chat_log
@@ -94,6 +105,9 @@ class ChatHub:
         self.local: dict[str, dict[int, Connection]] = {}
         self.presence: dict[str, dict[str, int]] = {}
         self.stats = ChatStats()
+        self.sanctions = sanctions
+        self.sockets = Slots(max_per_ip)  # open sockets per client address (this node)
+        self._loaded: set[str] = set()  # rooms that read their sanctions from the database
         self._ids = itertools.count(1)
         self._sub: Subscription | None = None
         self._pending_rows: list[StoredMessage] = []
@@ -127,6 +141,57 @@ class ChatHub:
             r = self.rooms[stream] = Room(stream, self.limits)
         return r
 
+    # -- bans and timeouts, by identity and address, from the database ------------------------
+    async def ensure_loaded(self, stream: str) -> None:
+        if stream not in self._loaded:
+            await self.reload_sanctions(stream)
+
+    async def reload_sanctions(self, stream: str) -> None:
+        if self.sanctions is None:
+            self._loaded.add(stream)
+            return
+        try:
+            rows = await asyncio.to_thread(self.sanctions.active, stream, time.time())
+        except Exception as exc:  # noqa: BLE001 - kept going on what the room has; read again soon
+            log.warning("chat %s: could not read bans from the database: %r", stream, exc)
+            return
+        room = self.room(stream)
+        room.load([(r.kind, r.identity, r.ip, r.until) for r in rows])
+        self._loaded.add(stream)
+        for c in list(self.local.get(stream, {}).values()):  # banned on another node meanwhile
+            m = room.members.get(c.id)
+            if m is None or m.identity not in room.banned:
+                continue
+            if m.ip not in room.banned_ips and self.sanctions is not None:  # only this node knows it
+                room.banned_ips.add(m.ip)
+                self.sup.run("chat-ban-ips", self._record_addresses(stream, "ban", m.identity, None, {m.ip}))
+            self._ban_drop(c)
+
+    async def admit(self, stream: str, ip: str, privileged: bool = False) -> ChatError | None:
+        """Why a new socket from ``ip`` may not chat here, or None (``privileged``: it holds a
+        moderator's or the streamer's token: address sanctions are not for it)."""
+        await self.ensure_loaded(stream)
+        if not privileged and self.room(stream).address_banned(ip):
+            return ChatError("banned", "your address is banned from this chat")
+        return None
+
+    async def _record(self, rows: list[Sanction], stream: str) -> None:
+        """Store sanctions; then every node reads the room's again."""
+        assert self.sanctions is not None
+        await asyncio.to_thread(self.sanctions.add, rows, time.time())
+        await self._publish(stream, [{"type": "_sanctions"}])
+
+    async def _record_addresses(self, stream: str, kind: str, ident: str, until: float | None,
+                                ips: set[str]) -> None:  # fmt: skip
+        try:
+            await self._record([Sanction(stream, kind, ident, ip, until) for ip in sorted(ips)], stream)
+        except Exception:
+            log.exception("chat %s: could not store the %s of %s's address", stream, kind, ident)
+
+    async def revoke(self, stream: str, token_id: str) -> None:
+        """Connections that joined with this (now revoked) token leave, on every node."""
+        await self._publish(stream, [{"type": "_revoke", "id": token_id}])
+
     def viewers(self, stream: str) -> int:
         return sum(self.presence.get(stream, {}).values())
 
@@ -147,6 +212,7 @@ class ChatHub:
             if ev.type == "join":
                 if conn.joined:
                     raise ChatError("already_joined", "you are already in the room")
+                await self.ensure_loaded(conn.stream)
                 name, role = token_identity if token_identity else (ev.data.get("name"), "viewer")
                 out = room.join(conn.id, name, role, ip)
                 conn.joined = True
@@ -168,6 +234,8 @@ class ChatHub:
                 out = room.moderate(conn.id, ev.type, ev.data, now)
                 for line in out.log:
                     log.info("chat %s: moderation: %s", conn.stream, line)
+                if self.sanctions is not None and ev.type in ("ban", "timeout", "unban"):
+                    await self._store_moderation(conn.stream, out.room[0], room.members[conn.id].name)
                 if ev.type == "delete":
                     await asyncio.to_thread(self.chat_log.delete, str(ev.data["id"]))
             await self._publish(conn.stream, out.room)
@@ -175,9 +243,27 @@ class ChatHub:
             self.stats.refused += 1
             self._push(conn, dumps(exc.event()))
 
+    async def _store_moderation(self, stream: str, event: dict[str, Any], by: str) -> None:
+        """A ban, timeout or unban is stored before anyone hears of it (it must outlive
+        this node); a database that is away refuses the action."""
+        assert self.sanctions is not None
+        ident = str(event["user"]).casefold()
+        try:
+            if event["type"] == "unban":
+                await asyncio.to_thread(self.sanctions.lift, stream, ident)
+                await self._publish(stream, [{"type": "_sanctions"}])
+            else:
+                until = float(event["until"]) if event["type"] == "timeout" else None
+                await self._record([Sanction(stream, event["type"], ident, None, until, by)], stream)
+        except Exception as exc:  # noqa: BLE001 - refused to the moderator, who may try again
+            log.warning("chat %s: could not store a %s: %r", stream, event["type"], exc)
+            raise ChatError("unavailable", "that could not be stored just now; try again") from None
+
     async def disconnect(self, conn: Connection) -> None:
-        local = self.local.get(conn.stream, {})
-        was_joined = local.pop(conn.id, None) is not None
+        self.local.get(conn.stream, {}).pop(conn.id, None)
+        # a member leaves the room however the connection went: closed by a ban, a revoked
+        # token or a full send queue too (those took it out of ``local`` already)
+        was_joined = conn.id in self.room(conn.stream).members
         conn.dead = True
         if conn.writer is not None:
             conn.writer.cancel()
@@ -249,27 +335,53 @@ class ChatHub:
         event = dict(msg.event)
         room = self.room(msg.stream)
         conns = self.local.get(msg.stream, {})
-        if event.get("type") == "_presence":
+        kind = event.get("type")
+        if kind == "_presence":
             self.presence.setdefault(msg.stream, {})[str(event["node"])] = int(event["count"])  # type: ignore[call-overload]
             event = {"type": "presence", "viewers": self.viewers(msg.stream)}
+        elif kind == "_sanctions":  # a node stored some: read the room's again
+            self.sup.run(f"chat-sanctions-{msg.stream}", self.reload_sanctions(msg.stream))
+            return
+        elif kind == "_revoke":
+            for c in list(conns.values()):
+                if c.extra.get("token_id") == event.get("id"):
+                    conns.pop(c.id, None)
+                    self._push(c, dumps({"type": "error", "code": "revoked", "message": "your chat token was revoked"}))
+                    self.sup.run(f"chat-revoke-{c.id}", self._drop_after_flush(c, 4001, "token revoked"))
+            return
         else:
             room.apply(event)
-        if event.get("type") == "ban":  # the banned user's connections here go now
+        if kind in ("ban", "timeout"):  # by address too: the addresses of those connected here
             ident = str(event["user"]).casefold()
-            for c in list(conns.values()):
-                m = room.members.get(c.id)
-                if m is not None and m.identity == ident:
-                    conns.pop(c.id, None)
-                    self._push(c, dumps({"type": "error", "code": "banned", "message": "you were banned"}))
-                    self.sup.run(f"chat-ban-{c.id}", self._drop_after_flush(c))
+            ips = {m.ip for m in room.members_of(ident)}
+            until = float(str(event["until"])) if kind == "timeout" else None
+            if ips:
+                if kind == "ban":
+                    room.banned_ips |= ips
+                else:
+                    for ip in ips:
+                        room.ip_timeouts[ip] = max(room.ip_timeouts.get(ip, 0.0), until or 0.0)
+                if self.sanctions is not None:
+                    self.sup.run(f"chat-{kind}-ips", self._record_addresses(msg.stream, kind, ident, until, ips))
+            if kind == "ban":  # the banned user's connections here go now (others on the same
+                for c in list(conns.values()):  # address stay; a new socket from it is refused)
+                    m = room.members.get(c.id)
+                    if m is not None and m.identity == ident:
+                        self._ban_drop(c)
         text = dumps(event)  # encoded once for every connection
         frame = text_frame(text)
         for c in list(conns.values()):
             self._push(c, text, frame)
 
-    async def _drop_after_flush(self, conn: Connection) -> None:
+    def _ban_drop(self, c: Connection) -> None:
+        if self.local.get(c.stream, {}).pop(c.id, None) is None:
+            return
+        self._push(c, dumps({"type": "error", "code": "banned", "message": "you were banned"}))
+        self.sup.run(f"chat-ban-{c.id}", self._drop_after_flush(c))
+
+    async def _drop_after_flush(self, conn: Connection, code: int = 4003, reason: str = "banned") -> None:
         await asyncio.sleep(0.2)  # let the error event go out first
-        await self._drop(conn, 4003, "banned")
+        await self._drop(conn, code, reason)
 
     # -- persistence -------------------------------------------------------------------
     def _persist(self, stream: str, event: dict[str, Any]) -> None:
@@ -313,3 +425,6 @@ class ChatHub:
                 dirty, self._presence_dirty = self._presence_dirty, set()
                 for stream in dirty:
                     await self._publish_presence(stream)
+            if ticks % round(SANCTIONS_EVERY / 0.25) == 0:
+                for stream in [s for s, conns in self.local.items() if conns]:
+                    await self.reload_sanctions(stream)

@@ -4,6 +4,10 @@ Methods take the current time and return ``Outcome``: events for the whole room
 (fanned out through the bus by the hub), events for the acting connection only,
 and connections to close (a ban). Room-wide history is applied from events as
 they come back from the bus (``apply``), so every node keeps the same history.
+
+Bans and timeouts hold by identity and by address. The database keeps them
+(``db/chat.py``); ``load`` puts what it holds into the room (at start, and
+whenever a node records one), ``apply`` adds an identity's at once.
 """
 
 from __future__ import annotations
@@ -79,6 +83,8 @@ class Room:
         self.history: deque[dict[str, Any]] = deque(maxlen=self.limits.history)
         self.banned: set[str] = set()
         self.timeouts: dict[str, float] = {}
+        self.banned_ips: set[str] = set()
+        self.ip_timeouts: dict[str, float] = {}
         self.slow = 0
         self.last_message: dict[str, float] = {}
         self.ip_buckets: dict[str, TokenBucket] = {}
@@ -89,6 +95,8 @@ class Room:
         ident = name.casefold()
         if ident in self.banned:
             raise ChatError("banned", f"{name} is banned from this chat")
+        if ip in self.banned_ips and role == "viewer":  # moderators are known by their token
+            raise ChatError("banned", "your address is banned from this chat")
         if any(m.identity == ident for m in self.members.values()):
             raise ChatError("name_taken", f"someone is already chatting as {name}")
         if role not in ROLES:
@@ -110,7 +118,7 @@ class Room:
     def message(self, conn: int, text: object, now: float) -> Outcome:
         m = self._member(conn)
         text = check_text(text)
-        until = self.timeouts.get(m.identity, 0.0)
+        until = max(self.timeouts.get(m.identity, 0.0), 0.0 if m.is_mod else self.ip_timeouts.get(m.ip, 0.0))
         if until > now:
             raise ChatError("timed_out", f"you are timed out for {until - now:.0f} more seconds")
         if m.role != "streamer":
@@ -184,6 +192,26 @@ class Room:
             self.banned.add(str(event["user"]).casefold())
         elif kind == "unban":
             self.banned.discard(str(event["user"]).casefold())
+
+    def load(self, sanctions: list[tuple[str, str, str | None, float | None]]) -> None:
+        """Every ban and timeout the database holds for this room, as (kind, identity,
+        address or None, until or None); they replace what the room had."""
+        self.banned, self.timeouts, self.banned_ips, self.ip_timeouts = set(), {}, set(), {}
+        for kind, ident, ip, until in sanctions:
+            if kind == "ban":
+                self.banned.add(ident)
+                if ip:
+                    self.banned_ips.add(ip)
+            elif kind == "timeout" and until is not None:
+                self.timeouts[ident] = max(self.timeouts.get(ident, 0.0), until)
+                if ip:
+                    self.ip_timeouts[ip] = max(self.ip_timeouts.get(ip, 0.0), until)
+
+    def address_banned(self, ip: str) -> bool:
+        return ip in self.banned_ips
+
+    def members_of(self, identity: str) -> list[Member]:
+        return [m for m in self.members.values() if m.identity == identity]
 
     def _member(self, conn: int) -> Member:
         m = self.members.get(conn)

@@ -145,6 +145,31 @@ class ChatMessage(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class ChatSanction(Base):
+    """A chat ban or timeout, by identity (the casefolded name) and, where the node that
+    saw the user knew it, by address too. ``until`` None: until lifted (a ban)."""
+
+    __tablename__ = "chat_sanctions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(10))  # ban | timeout
+    identity: Mapped[str] = mapped_column(String(64))
+    ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    until: Mapped[float | None] = mapped_column(Float, nullable=True)  # epoch seconds
+    created_at: Mapped[float] = mapped_column(Float)
+    by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class RevokedChatToken(Base):
+    """A chat token that no longer works, kept until it would have expired anyway."""
+
+    __tablename__ = "chat_token_revocations"
+
+    token_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    expires: Mapped[float] = mapped_column(Float)  # epoch seconds
+
+
 class Lease(Base):
     """A named, expiring claim (e.g. "packager/<stream>": one packager per stream).
 

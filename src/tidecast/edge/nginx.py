@@ -10,6 +10,19 @@
   timeouts, so a stopped origin costs nothing but a retry.
 - ``X-Cache-Status`` tells HIT/MISS/EXPIRED for debugging and tests.
 
+TLS and clients:
+
+- With a certificate (``tls_cert``/``tls_key``, PEM files; the key may be in the
+  certificate file) the edge also listens on ``tls_listen`` (443) with TLS 1.2/1.3
+  and HTTP/2, next to the plain listener.
+  (``listen ... ssl http2`` is the form Debian 12's nginx 1.22 knows; nginx 1.25.1+
+  warns about it and still accepts it.)
+- Every request to an origin carries ``X-Forwarded-For`` (the client's address
+  appended) and ``X-Forwarded-Proto``; origins believe it only from addresses in
+  their ``trusted_proxies``, so list the edge there.
+- A client address may hold ``max_conns_per_ip`` connections (HTTP/2: requests
+  in flight) and has ``header_timeout`` seconds to send a request head.
+
 LL-HLS (RFC 8216bis 6.2.5.2, 6.2.6):
 
 - A blocking playlist request (``_HLS_msn``) goes to its own location: cached
@@ -75,11 +88,35 @@ class EdgeConfig:
     worker_processes: str = "auto"
     user: str = "www-data"  # the worker processes' user: it must own cache_dir
     playback_secret: str = ""  # the origins' (``origin.admin.playback_secret``)
+    tls_cert: str = ""  # PEM certificate (chain): a TLS + HTTP/2 listener
+    tls_key: str = ""  # PEM key; empty = in tls_cert
+    tls_listen: str = "0.0.0.0:443"
+    max_conns_per_ip: int = 64
+    header_timeout: int = 10  # seconds
 
 
 def render(cfg: EdgeConfig) -> str:
     if not cfg.origins:
         raise ValueError("an edge needs at least one origin")
+    if cfg.tls_key and not cfg.tls_cert:
+        raise ValueError("tls_key is set but tls_cert is not: a TLS edge needs the certificate")
+    tls_key = cfg.tls_key or cfg.tls_cert  # the key may be in the certificate file
+    for path in (cfg.tls_cert, tls_key):
+        if any(c in path for c in ';{}"\'\n') or path != path.strip():
+            raise ValueError(f"unusable file name for nginx: {path!r}")
+    tls = (
+        f"""
+        listen {cfg.tls_listen} ssl http2;
+        ssl_certificate {cfg.tls_cert};
+        ssl_certificate_key {tls_key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:tidecast_tls:10m;
+        ssl_session_timeout 1h;"""
+        if cfg.tls_cert
+        else ""
+    )
+    forwarded = """proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;"""
     live_s = max(1, int(cfg.segment_target / 2))  # about half a segment (nginx counts in seconds)
     wait_s = int(max_hold(cfg.segment_target)) + HOLD_MARGIN  # past the longest origin hold
     servers = "\n".join(f"        server {o} max_fails=1 fail_timeout=5s;" for o in cfg.origins)
@@ -96,6 +133,9 @@ http {{
     sendfile on;
     tcp_nopush on;
     keepalive_timeout 65;
+    client_header_timeout {cfg.header_timeout}s;
+    limit_conn_zone $binary_remote_addr zone=tidecast_perip:10m;
+    limit_conn_status 429;
 
     proxy_cache_path {cfg.cache_dir} levels=1:2 keys_zone=tidecast:64m max_size={cfg.cache_size}
                      inactive=1d use_temp_path=off;
@@ -107,11 +147,13 @@ http {{
     }}
 
     server {{
-        listen {cfg.listen};
+        listen {cfg.listen};{tls}
+        limit_conn tidecast_perip {cfg.max_conns_per_ip};
 
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $http_host;
+        {forwarded}
         proxy_connect_timeout 2s;
         proxy_read_timeout 10s;
         proxy_next_upstream error timeout http_502 http_503 http_504;
@@ -180,6 +222,9 @@ http {{
         location / {{
             proxy_pass http://tidecast_origins;
             proxy_cache off;
+            # proxy_set_header here replaces the server's: all of them again
+            proxy_set_header Host $http_host;
+            {forwarded.replace("        ", "            ")}
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $http_connection;
             proxy_read_timeout 1h;

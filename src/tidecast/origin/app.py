@@ -1,7 +1,10 @@
 """The HTTP application: HLS objects at /hls, web pages, and the JSON API at /api/v1.
 
 API calls that change anything need ``Authorization: Bearer <admin token>``;
-listing streams, reading a stream's live status and watching are public.
+listing streams, reading a stream's live status and watching are public. The
+operator endpoints (``/metrics``, ``/api/v1/transcode``) need the admin token
+here; ``operator_app`` serves them without one on a separate bind address
+(``operator_listen``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request, Response, WebSocket
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
@@ -25,7 +28,9 @@ from tidecast.chat.hub import ChatHub
 from tidecast.config import Settings
 from tidecast.db.repo import Database, InvalidName, NameTaken, StreamNotFound
 from tidecast.ingest.tokens import IngestTokens
+from tidecast.limits import Slots
 from tidecast.live import LiveStatus
+from tidecast.netaddr import TrustedProxies
 from tidecast.origin import files
 from tidecast.origin.blocking import parse_part_key
 from tidecast.origin.cache import HotCache
@@ -36,6 +41,7 @@ from tidecast.origin.playback import Decision, Loader, PlaybackGuard, local_load
 from tidecast.origin.playback_api import PlaybackGate, playback_router
 from tidecast.origin.recordings import recordings_router, video_pages
 from tidecast.origin.reload import PartOutcome, ReloadService, served_reply
+from tidecast.recorder.download import Downloads
 from tidecast.recorder.service import Recorder
 from tidecast.store.base import ObjectNotFound
 from tidecast.store.retrying import is_transient as store_transient
@@ -82,6 +88,45 @@ class AppContext:
     reload: ReloadService | None = None  # LL-HLS: blocking playlist reload, hinted parts
     ingest_tokens: IngestTokens | None = None  # issues ingest JWTs (POST .../ingest-tokens)
     guard: PlaybackGuard | None = None  # playback tokens, AES-128 (None: every stream public)
+    proxies: TrustedProxies = TrustedProxies()  # whose X-Forwarded-For is believed
+    downloads: Downloads | None = None  # MP4 downloads, made once (needs ``recorder``)
+
+
+def request_ip(proxies: TrustedProxies, conn: Request | WebSocket) -> str:
+    """The client address of a request or WebSocket (``tidecast.netaddr``)."""
+    peer = conn.client.host if conn.client else "?"
+    return proxies.client_ip(peer, conn.headers.get("x-forwarded-for"))
+
+
+def request_scheme(proxies: TrustedProxies, request: Request) -> str:
+    """``https`` or ``http`` as the client reached us: a trusted edge's ``X-Forwarded-Proto``
+    (it may end TLS), else this connection's scheme."""
+    peer = request.client.host if request.client else "?"
+    forwarded = request.headers.get("x-forwarded-proto", "").lower()
+    if forwarded in ("http", "https") and proxies.trusts(peer):
+        return forwarded
+    return request.url.scheme
+
+
+def _transcode_route(ctx: AppContext, router: APIRouter, dependencies: list[object]) -> None:
+    @router.get("/api/v1/transcode", dependencies=dependencies, responses={401: {}})  # type: ignore[arg-type]
+    async def transcode_status() -> dict[str, object]:
+        """Worker pool: pids, current jobs, done/failed/dead-lettered counters (operator)."""
+        if ctx.transcoder is None:
+            return {"enabled": False}
+        return {"enabled": True, **ctx.transcoder.snapshot()}
+
+
+def operator_app(ctx: AppContext) -> FastAPI:
+    """``/metrics`` and ``/api/v1/transcode`` without a token: for ``operator_listen``, an
+    address only operators (Prometheus) reach."""
+    app = FastAPI(title="tidecast operator", version=__version__, openapi_url=None, docs_url=None,
+                  redoc_url=None)  # fmt: skip
+    app.include_router(metrics_router())
+    router = APIRouter()
+    _transcode_route(ctx, router, [])
+    app.include_router(router)
+    return app
 
 
 # ---------------------------------------------------------------- API models
@@ -153,13 +198,6 @@ def create_app(ctx: AppContext) -> FastAPI:
             live_streams=len(ctx.live.live()),
         )  # fmt: skip
 
-    @api.get("/transcode")
-    async def transcode_status() -> dict[str, object]:
-        """Worker pool: pids, current jobs, done/failed/dead-lettered counters."""
-        if ctx.transcoder is None:
-            return {"enabled": False}
-        return {"enabled": True, **ctx.transcoder.snapshot()}
-
     @api.get("/streams", response_model=list[StreamOut])
     async def list_streams(live: bool | None = None) -> list[StreamOut]:
         rows = await asyncio.to_thread(ctx.db.list_streams)
@@ -195,13 +233,23 @@ def create_app(ctx: AppContext) -> FastAPI:
     if ctx.ingest_tokens is not None:
         app.include_router(ingest_router(ctx.db, ctx.ingest_tokens, settings, require_admin))
     if ctx.guard is not None:
-        app.include_router(playback_router(ctx.guard, settings, require_admin))
+        app.include_router(playback_router(ctx.guard, settings, require_admin,
+                                           lambda r: request_ip(ctx.proxies, r),
+                                           lambda r: request_scheme(ctx.proxies, r)))  # fmt: skip
         app.add_middleware(PlaybackGate, guard=ctx.guard)  # downloads, chat, chat replay
-    app.include_router(metrics_router())
+    operator = APIRouter()
+    _transcode_route(ctx, operator, [Depends(require_admin)])
+    app.include_router(operator)
+    app.include_router(metrics_router(dependencies=[Depends(require_admin)]))
     if ctx.chat is not None:
-        app.include_router(chat_routes(ctx.chat, ctx.db, ctx.chat_secret, require_admin))
+        app.include_router(chat_routes(ctx.chat, ctx.db, ctx.chat_secret, require_admin,
+                                       lambda ws: request_ip(ctx.proxies, ws), settings.chat_join_timeout))  # fmt: skip
     if ctx.recorder is not None:
-        app.include_router(recordings_router(ctx.recorder, ctx.live, require_admin))
+        downloads = ctx.downloads or Downloads(ctx.recorder.store, settings.data_dir / "download-tmp",
+                                               max_builds=settings.download_max_builds)  # fmt: skip
+        slots = Slots(settings.download_max_per_ip, settings.download_max_total)
+        app.include_router(recordings_router(ctx.recorder, ctx.live, require_admin, downloads, slots,
+                                             lambda r: request_ip(ctx.proxies, r)))  # fmt: skip
         app.include_router(video_pages(ctx.recorder, WEB_DIR))
 
     # ------------------------------------------------------------ HLS objects

@@ -16,6 +16,10 @@ under ``/hls/`` (an API call, a page, a WebSocket upgrade, anything with a
 body) hands the connection — with every byte read so far — to uvicorn's own
 HTTP protocol, which serves it and the rest of the connection through the app.
 
+Connection caps and the request-head deadline (``origin/guard.py``) come before
+everything else: a connection over a cap is refused at accept, and a head that is
+late never reaches a request's handling (the playback guard included).
+
 Playback access (``origin/playback.py``): every request asks the guard first,
 from its caches; one it cannot answer from them (a policy to read again, a
 broadcast not seen yet) waits as a task, like an LL-HLS request. Objects that
@@ -44,11 +48,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from tidecast.access import tokens
 from tidecast.origin import files
 from tidecast.origin.blocking import PartRef, parse_part_key
+from tidecast.origin.guard import (
+    ConnectionTable,
+    GuardedHttpTools,
+    HeadClock,
+    guarded_http,
+    head_expired,
+)
 from tidecast.origin.playback import Decision, Need, PlaybackGuard, local_loader, serve_special
 from tidecast.origin.reload import PartOutcome, ReloadService, served_reply
 from tidecast.store.base import ObjectNotFound
@@ -78,11 +87,14 @@ def _date() -> bytes:
     return _date_cache[1]
 
 
-def fast_path_protocol(media_root: Path, reload: ReloadService | None = None,
-                       guard: PlaybackGuard | None = None) -> type[asyncio.Protocol]:  # fmt: skip
+def fast_path_protocol(
+    media_root: Path, reload: ReloadService | None = None, guard: PlaybackGuard | None = None,
+    table: ConnectionTable | None = None, head_timeout: float = 10.0,
+) -> type[asyncio.Protocol]:  # fmt: skip
     """The protocol class to give uvicorn (``Config(http=...)``) for one media root;
     ``reload`` answers LL-HLS requests that wait (none: they are served as files);
-    ``guard`` decides who may have what (none: everything is public)."""
+    ``guard`` decides who may have what (none: everything is public); ``table``
+    admits connections (caps), ``head_timeout`` bounds each request head."""
     root = media_root.resolve()
 
     class Protocol(HLSFastPath):
@@ -90,6 +102,9 @@ def fast_path_protocol(media_root: Path, reload: ReloadService | None = None,
         ll = reload
         playback = guard
         load = staticmethod(local_loader(root))
+        connections = table
+        head_deadline = head_timeout
+        app_protocol = guarded_http(table, head_timeout)
         root_prefix = str(root) + os.sep
         hls_prefix = str(root / "hls") + os.sep
         heads: dict[str, tuple[tuple[int, int, int, int], bytes]] = {}  # noqa: RUF012 - one per root
@@ -106,6 +121,9 @@ class HLSFastPath(asyncio.Protocol):
     ll: ReloadService | None = None
     playback: PlaybackGuard | None = None
     load: Any = None
+    connections: ConnectionTable | None = None  # the listener's caps
+    head_deadline: float = 10.0  # s a whole request head may take (not per byte)
+    app_protocol: type[GuardedHttpTools] = GuardedHttpTools
 
     def __init__(
         self, config: Any, server_state: Any, app_state: Any = None, _loop: Any = None
@@ -130,11 +148,15 @@ class HLSFastPath(asyncio.Protocol):
         self.sock: Any = None
         self.corked = False
         self.waiting: asyncio.Task[Any] | None = None  # an LL-HLS request being held
+        self.head = HeadClock(self.loop, self.head_deadline, self._head_expired)
 
     # -- connection ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if self.connections is not None and not self.connections.admit(transport):
+            self.closed = True
+            return
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
         self.sock = sock if sock is not None and _CORK else None
@@ -143,6 +165,7 @@ class HLSFastPath(asyncio.Protocol):
             self._hand_over()
             return
         self._arm_idle()
+        self.head.start()  # the first request's head counts from the accept
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -153,6 +176,9 @@ class HLSFastPath(asyncio.Protocol):
         self.server_state.connections.discard(self)
         if self.idle is not None:
             self.idle.cancel()
+        self.head.stop()
+        if self.connections is not None and self.transport is not None and not self.handed_over:
+            self.connections.release(self.transport)
 
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: close now if idle, else after this response
@@ -174,6 +200,10 @@ class HLSFastPath(asyncio.Protocol):
         if not self.busy and not self.handed_over and self.transport is not None:
             self.transport.close()
 
+    def _head_expired(self) -> None:
+        if not self.busy and not self.handed_over and not self.closed:
+            head_expired(self.connections, self.transport)
+
     # -- requests -----------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -194,8 +224,10 @@ class HLSFastPath(asyncio.Protocol):
             if end < 0:
                 if len(self.buf) > MAX_HEAD:
                     self._hand_over()
-                elif self.buf:
-                    self._arm_idle()
+                elif self.buf:  # a head on its way: one deadline for all of it, not per byte
+                    if self.idle is not None:
+                        self.idle.cancel()
+                    self.head.start()
                 return
             head = bytes(self.buf[:end])
             request = _parse_head(head)
@@ -205,6 +237,7 @@ class HLSFastPath(asyncio.Protocol):
             del self.buf[: end + 4]
             if self.idle is not None:
                 self.idle.cancel()
+            self.head.stop()
             self._serve(*request)
         if not self.busy and self.paused and self.transport is not None:
             self.transport.resume_reading()
@@ -216,12 +249,14 @@ class HLSFastPath(asyncio.Protocol):
         self.handed_over = True
         if self.idle is not None:
             self.idle.cancel()
+        self.head.start()  # unless it runs already: a head is on its way, or comes next
         if self.paused:
             self.transport.resume_reading()
             self.paused = False
         self.server_state.connections.discard(self)
-        proto = HttpToolsProtocol(config=self.config, server_state=self.server_state,
+        proto = self.app_protocol(config=self.config, server_state=self.server_state,
                                   app_state=self.app_state)  # fmt: skip
+        proto.adopt(self.head)  # admitted already; a head on its way keeps its deadline
         self.transport.set_protocol(proto)
         proto.connection_made(self.transport)
         if self.buf:

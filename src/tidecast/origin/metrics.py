@@ -10,6 +10,8 @@ come from the same messages in both deployments.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
 from fastapi import APIRouter, Response
 
@@ -20,10 +22,11 @@ from tidecast.metrics import CONTENT_TYPE, REGISTRY, Registry
 from tidecast.supervise import Supervisor
 
 
-def metrics_router(registry: Registry = REGISTRY) -> APIRouter:
+def metrics_router(registry: Registry = REGISTRY, dependencies: Sequence[Any] = ()) -> APIRouter:
+    """``GET /metrics``; ``dependencies`` guard it (the admin token on the main port)."""
     router = APIRouter()
 
-    @router.get("/metrics", include_in_schema=False)
+    @router.get("/metrics", include_in_schema=False, dependencies=list(dependencies))
     async def metrics() -> Response:
         return Response(registry.render(), headers={"content-type": CONTENT_TYPE})
 

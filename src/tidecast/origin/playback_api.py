@@ -93,9 +93,15 @@ def _out(p: Policy) -> StreamSettingsOut:
 
 
 def playback_router(
-    guard: PlaybackGuard, settings: Settings, require_admin: Callable[..., None]
-) -> APIRouter:
+    guard: PlaybackGuard, settings: Settings, require_admin: Callable[..., None],
+    client_ip: Callable[[Request], str] | None = None, scheme: Callable[[Request], str] | None = None,
+) -> APIRouter:  # fmt: skip
+    """``client_ip``: who a request comes from (trusted X-Forwarded-For; default: the
+    peer); ``scheme``: how the client reached us (X-Forwarded-Proto of a trusted
+    edge; default: this connection's)."""
     api = APIRouter(prefix="/api/v1")
+    address_of = client_ip or (lambda r: r.client.host if r.client else "?")
+    scheme_of = scheme or (lambda r: r.url.scheme)
     playback = guard.playback
     limiter = AttemptLimiter(per_address=settings.password_attempts)
 
@@ -107,7 +113,7 @@ def playback_router(
 
     def token_out(request: Request, name: str, token: str, expires: int) -> TokenOut:
         prefix = tokens.tokenized_path(name, token, "")
-        base = str(request.base_url).rstrip("/")
+        base = str(request.base_url.replace(scheme=scheme_of(request))).rstrip("/")
         return TokenOut(token=token, expires=expires, master_url=f"{base}{prefix}master.m3u8",
                         path_prefix=prefix)  # fmt: skip
 
@@ -177,7 +183,7 @@ def playback_router(
             if p.access != "password":
                 raise HTTPException(403, "this stream has no password" if p.access == "public"
                                     else "this stream takes playback tokens only")  # fmt: skip
-            address = request.client.host if request.client else "?"
+            address = address_of(request)
             wait = limiter.allowed(address, name, now)
             if wait > 0:
                 raise HTTPException(429, "too many wrong passwords; try again later",
@@ -190,7 +196,7 @@ def playback_router(
             token, expires = guard.issue(name, settings.playback_token_ttl)
         else:
             raise HTTPException(422, 'send "password" (or "token")')
-        secure = request.url.scheme == "https"
+        secure = scheme_of(request) == "https"
         for value in tokens.set_cookie_headers(name, token, max(1, int(expires - now)), secure):
             response.headers.append("set-cookie", value)
         return token_out(request, name, token, expires)

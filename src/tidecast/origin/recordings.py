@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException
-from fastapi.responses import FileResponse, Response
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
-from starlette.background import BackgroundTask
 
-from tidecast import keys
+from tidecast import ffmpeg, keys
 from tidecast.db.recordings import (
     BroadcastInfo,
     BroadcastLive,
@@ -23,9 +23,34 @@ from tidecast.db.recordings import (
     Retention,
 )
 from tidecast.db.repo import StreamNotFound
+from tidecast.limits import Refusal, Slots
 from tidecast.live import LiveStatus, live_broadcast_ids
-from tidecast.recorder.download import DownloadError, build_mp4
+from tidecast.metrics import REGISTRY
+from tidecast.recorder.download import DownloadError, Downloads, Prepared
 from tidecast.recorder.service import Recorder
+from tidecast.store.factory import unwrap
+from tidecast.store.local import LocalStore
+
+log = logging.getLogger("tidecast.origin.recordings")
+RETRY_AFTER = {Refusal.PER_IP: 5, Refusal.TOTAL: 10}  # seconds, by which cap was hit
+
+
+class SlotResponse(Response):
+    """A response that gives its download slot back when it is over however it ends: sent
+    whole, the client gone halfway, or the server shutting down."""
+
+    def __init__(self, inner: Response, release: Callable[[], None]) -> None:
+        self.inner, self.release = inner, release
+        self.status_code = inner.status_code
+        self.background = inner.background
+        self.raw_headers = inner.raw_headers
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            self.inner.background = self.background
+            await self.inner(scope, receive, send)
+        finally:
+            self.release()
 
 
 class SegmentRef(BaseModel):
@@ -100,9 +125,13 @@ def _cout(c: ClipInfo) -> ClipOut:
 
 
 def recordings_router(
-    recorder: Recorder, live: LiveStatus, require_admin: Callable[..., None]
-) -> APIRouter:
+    recorder: Recorder, live: LiveStatus, require_admin: Callable[..., None], downloads: Downloads,
+    slots: Slots, client_ip: Callable[[Request], str],
+) -> APIRouter:  # fmt: skip
     api = APIRouter(prefix="/api/v1")
+    refused = REGISTRY.counter("tidecast_downloads_refused_total",
+                               "MP4 download requests refused (429): over the per-address or the node's cap.",
+                               ("reason",))  # fmt: skip
     rec = recorder.recordings
     admin = [Depends(require_admin)]
 
@@ -141,33 +170,64 @@ def recordings_router(
 
     @api.get(
         "/broadcasts/{broadcast}/download",
-        responses={200: {"content": {"video/mp4": {}}}, 404: {}, 422: {}},
+        responses={200: {"content": {"video/mp4": {}}}, 404: {}, 422: {}, 429: {}, 503: {}},
     )
     async def download(
         broadcast: str,
+        request: Request,
         rendition: str | None = None,
         start: float | None = None,
         end: float | None = None,
-    ) -> FileResponse:
-        """One MP4 of a rendition (default: the best), whole or [start, end) seconds, no re-encode."""
-        info = await one(broadcast)
-        rows = await asyncio.to_thread(rec.segments, broadcast)
-        tmp = tempfile.TemporaryDirectory(prefix="tidecast-dl-")
-        out = Path(tmp.name) / "out.mp4"
+    ) -> Response:
+        """One MP4 of a rendition (default: the best), whole or [start, end) seconds, no re-encode.
+        Made once, then served from the store; limited per client address and per node (429)."""
+        ip = client_ip(request)
+        why = slots.take(ip)
+        if why is not None:
+            refused.inc(reason=why.value)
+            detail = ("too many downloads from your address at once" if why is Refusal.PER_IP
+                      else "too many downloads in progress; try again shortly")  # fmt: skip
+            return JSONResponse({"detail": detail}, 429, headers={"retry-after": str(RETRY_AFTER[why])})
+        prepared: Prepared | None = None
         try:
-            name, _ = await build_mp4(
-                recorder.store, rows, out, rendition=rendition, start=start, end=end
-            )
-        except DownloadError as exc:
-            tmp.cleanup()
-            raise HTTPException(422, str(exc)) from None
+            info = await one(broadcast)
+            rows = await asyncio.to_thread(rec.segments, broadcast)
+            ended = info.ended_at is not None and broadcast not in live_ids()
+            try:
+                prepared = await downloads.prepare(info, rows, ended=ended, rendition=rendition,
+                                                   start=start, end=end)  # fmt: skip
+            except DownloadError as exc:
+                raise HTTPException(422, str(exc)) from None
+            except ffmpeg.FFmpegError as exc:
+                log.error("download of %s could not be made: %s", broadcast, exc)
+                return _release_after(JSONResponse({"detail": "the download could not be made; try again later"},
+                                                   503, headers={"retry-after": "30"}), ip, None)  # fmt: skip
+            filename = f"{info.stream}-{broadcast}-{prepared.rendition}.mp4"
+            return _release_after(await _send(prepared, filename), ip, prepared)
         except BaseException:
-            tmp.cleanup()
+            slots.release(ip)
+            if prepared is not None and prepared.cleanup is not None:
+                prepared.cleanup()
             raise
-        filename = f"{info.stream}-{broadcast}-{name}.mp4"
-        return FileResponse(
-            out, media_type="video/mp4", filename=filename, background=BackgroundTask(tmp.cleanup)
-        )
+
+    def _release_after(response: Response, ip: str, prepared: Prepared | None) -> Response:
+        def release() -> None:
+            slots.release(ip)
+            if prepared is not None and prepared.cleanup is not None:
+                prepared.cleanup()
+
+        return SlotResponse(response, release)
+
+    async def _send(prepared: Prepared, filename: str) -> Response:
+        if prepared.path is not None:
+            return FileResponse(prepared.path, media_type="video/mp4", filename=filename)
+        assert prepared.key is not None
+        local = unwrap(recorder.store)
+        if isinstance(local, LocalStore):
+            return FileResponse(local.path_for(prepared.key), media_type="video/mp4", filename=filename)
+        body = await recorder.store.get(prepared.key)  # a remote store: through memory
+        return Response(body, media_type="video/mp4",
+                        headers={"content-disposition": f'attachment; filename="{filename}"'})  # fmt: skip
 
     @api.post(
         "/clips",

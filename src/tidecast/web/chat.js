@@ -15,6 +15,12 @@
   const sendForm = document.getElementById("chat-send");
   const modBox = document.getElementById("chat-mod");
   const token = new URLSearchParams(location.search).get("chat_token");
+  if (token) {
+    // read once, then out of the address bar, the history and any Referer
+    const clean = new URL(location.href);
+    clean.searchParams.delete("chat_token");
+    history.replaceState(history.state, "", clean.pathname + clean.search + clean.hash);
+  }
   const chat = { state: "idle", received: [], errors: [], me: null };
   window.tidecastChat = chat;
 
