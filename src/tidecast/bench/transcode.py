@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import statistics
 import tempfile
 import time
@@ -186,6 +187,7 @@ async def run(seconds: float, width: int, height: int, fps: int, workers: int, p
 
 
 async def main(args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per playlist poll
     w, h = (int(x) for x in args.size.split("x"))
     return await run(args.seconds, w, h, args.fps, args.workers, args.preset, runs=args.runs,
                      ll=args.ll_hls == "on", realtime=args.realtime, bframes=args.bframes)  # fmt: skip
