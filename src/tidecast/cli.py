@@ -19,6 +19,10 @@ from tidecast.config import ConfigError, Settings, from_env, from_file
 from tidecast.supervise import dump_tasks
 
 
+def _on_off(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     """Defaults, then the config file, then ``TIDECAST_*`` variables, then flags."""
     import os
@@ -37,6 +41,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         reconnect_grace=getattr(args, "reconnect_grace", None),
         ladder=getattr(args, "ladder", None),
         source_rendition=getattr(args, "source_rendition", None),
+        passthrough=_on_off(getattr(args, "passthrough", None)),
         workers=getattr(args, "workers", None),
         x264_preset=getattr(args, "preset", None),
         **{name: getattr(args, name, None) for name, *_ in SECURITY_FLAGS},
@@ -164,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--source-rendition", action="store_true", default=None,
                        help="also offer the untouched source rendition")  # fmt: skip
+    serve.add_argument("--passthrough", choices=("on", "off"),
+                       help="list a source at the height of its top rung in that rung's place "
+                            "instead of encoding it again (default on)")  # fmt: skip
     serve.add_argument(
         "--workers", type=int, help="transcode worker processes (default: one per core)"
     )

@@ -55,6 +55,9 @@ class Settings:
     rtmp_app: str = "live"
     ladder: str = "default"  # "default", "none" (source only) or "1080:6000,720:3500,..."
     source_rendition: bool = False  # also list the untouched source next to the ladder
+    # a source at the height of its top rung is listed in that rung's place, not encoded
+    # again (see transcode.ladder.Ladder); off: every rung is encoded
+    passthrough: bool = True
     workers: int = 0  # transcode worker processes; 0 = one per core
     x264_preset: str = "veryfast"
     transcode_attempts: int = 3  # then the job is dead-lettered and the segment is a gap
@@ -307,6 +310,7 @@ _ENV_FIELDS: dict[str, Callable[[str], object]] = {
     "rtmp_handshake_timeout": float,
     "ladder": str,
     "source_rendition": lambda v: v.lower() in ("1", "true", "yes", "on"),
+    "passthrough": lambda v: v.lower() in ("1", "true", "yes", "on"),
     "workers": int,
     "x264_preset": str,
     "transcode_attempts": int,

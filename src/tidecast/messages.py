@@ -225,6 +225,7 @@ class PartReady(Message):
     final: bool  # the last part of its segment; its SegmentReady follows
     produced_at: float  # wall clock
     part: int = 0  # publisher session within the broadcast
+    listed: bool = False  # a source part listed as a rendition beside the ladder (passthrough)
 
 
 def part_wakeup_subject(stream: str) -> str:

@@ -184,7 +184,7 @@ class IngestNode:
         assert self.own.db is not None
         self.bus, self.db, self.store = self.own.bus, self.own.db, self.own.store
         self.segmenter = SegmenterService(
-            self.store, self.bus, settings.segment_target, Ladder(settings.rungs()), settings.x264_preset,
+            self.store, self.bus, settings.segment_target, Ladder(settings.rungs(), settings.passthrough), settings.x264_preset,
             settings.transcode_lag_threshold, max_segment_duration=settings.max_segment_duration,
             max_segment_bytes=settings.segment_max_mb << 20,
             # a publisher waits out one store write's retries before it is refused

@@ -63,7 +63,9 @@ def ended_playlists(server: TidecastServer, name: str, timeout: float = 90) -> t
     return master, {p.uri.removesuffix(".m3u8"): whole_playlist(httpx.get(f"{base}/{p.uri}").text) for p in master.playlists}
 
 
-def check_rendition(server: TidecastServer, name: str, rendition: str, pl: m3u8.M3U8, *, height: int, kbps: int) -> list[SegmentReport]:
+def check_rendition(server: TidecastServer, name: str, rendition: str, pl: m3u8.M3U8, *, height: int,
+                    kbps: int | None) -> list[SegmentReport]:  # fmt: skip
+    """``kbps``: the rung's budget (None: the source, at the publisher's bitrate)."""
     base = f"{server.http}/hls/{name}"
     assert pl.media_sequence == 0
     seqs = [int(s.uri.rsplit("/", 1)[1].split(".")[0]) for s in pl.segments]
@@ -74,7 +76,7 @@ def check_rendition(server: TidecastServer, name: str, rendition: str, pl: m3u8.
     reports = []
     for seg, data, rep in fetch_segments(base, pl):
         assert rep.height == height, f"{seg.uri}: height {rep.height} != {height}"
-        if seg is not pl.segments[-1]:  # the last one may be short
+        if kbps is not None and seg is not pl.segments[-1]:  # the last one may be short
             video_kbps = len(data) * 8 / seg.duration / 1000  # video-only segments
             assert abs(video_kbps - kbps) <= 0.25 * kbps, f"{seg.uri}: {video_kbps:.0f} kb/s vs {kbps}"
         reports.append(rep)
@@ -106,7 +108,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("abr-media")
 
 
-def test_1080p_source_gets_every_fitting_rung(media: Path, tmp_path: Path) -> None:
+def test_1080p_source_gets_every_fitting_rung_and_stands_in_for_the_top_one(media: Path, tmp_path: Path) -> None:
+    """The default ladder on its defaults (passthrough on): the 1080p source is listed in
+    place of the 1080p rung, with its own audio; every rung below is encoded."""
     source = render(media, 1920, 1080, 30)
     server = start_server(tmp_path / "data", "--reconnect-grace", "0", "--playlist-window", "40",
                           env={"TIDECAST_LADDER": "default", "TIDECAST_TRANSCODE_LAG_THRESHOLD": NO_SKIP,
@@ -116,8 +120,8 @@ def test_1080p_source_gets_every_fitting_rung(media: Path, tmp_path: Path) -> No
         pub = publish_file(server, key, source)
         assert pub.wait(timeout=90) == 0
         master, playlists = ended_playlists(server, "abr")
-        expected = [r for r in DEFAULT_LADDER if r.height <= 1080]
-        assert sorted(playlists) == sorted(r.name for r in expected)
+        expected = [r for r in DEFAULT_LADDER if r.height < 1080]
+        assert sorted(playlists) == sorted(["source", *(r.name for r in expected)])
         audio = whole_playlist(httpx.get(f"{server.http}/hls/abr/audio.m3u8").text)
         audio_reports = check_audio(server, "abr", audio)
         assert master.media[0].type == "AUDIO" and master.media[0].uri == "audio.m3u8"
@@ -131,9 +135,15 @@ def test_1080p_source_gets_every_fitting_rung(media: Path, tmp_path: Path) -> No
             reps = check_rendition(server, "abr", rung.name, playlists[rung.name], height=rung.height, kbps=rung.video_kbps)
             check_sync(reps, audio_reports)
             assert info.audio == "audio"
+        src = by_uri["source.m3u8"].stream_info
+        assert src.resolution == (1920, 1080) and src.audio == "audio"
+        assert src.codecs.startswith("avc1.") and src.codecs.count("mp4a") == 1  # its own audio, muxed in
+        reps = check_rendition(server, "abr", "source", playlists["source"], height=1080, kbps=None)
+        check_sync(reps, audio_reports)
         counts = {n: len(p.segments) for n, p in playlists.items()}
         assert len(set(counts.values())) == 1, counts
-        assert abs(sum(s.duration for s in playlists["1080p"].segments) - 30) <= 2
+        assert abs(sum(s.duration for s in playlists["source"].segments) - 30) <= 2
+        assert not list((server.data_dir / "media").rglob("1080p")), "a 1080p rung was encoded too"
         status = httpx.get(f"{server.http}/api/v1/transcode", headers=server.admin).json()
         assert status["dead_lettered"] == 0 and status["jobs_done"] >= 14
     finally:
@@ -144,7 +154,7 @@ def test_out_of_order_and_killed_worker_lose_nothing(media: Path, tmp_path: Path
     source = render(media, 1280, 720, 24)
     server = start_server(
         tmp_path / "data", "--reconnect-grace", "0", "--playlist-window", "40",
-        env={"TIDECAST_LADDER": "720:2000,360:700", "TIDECAST_WORKERS": "2",
+        env={"TIDECAST_LADDER": "720:2000,360:700", "TIDECAST_WORKERS": "2", "TIDECAST_PASSTHROUGH": "0",
              "TIDECAST_FAULT_DELAY": "2:5",  # segment 2 finishes long after 3 and 4
              "TIDECAST_TRANSCODE_LAG_THRESHOLD": NO_SKIP},
     )  # fmt: skip
@@ -183,6 +193,7 @@ def test_a_job_that_always_fails_becomes_a_gap(media: Path, tmp_path: Path) -> N
     server = start_server(
         tmp_path / "data", "--reconnect-grace", "0", "--playlist-window", "40",
         env={"TIDECAST_LADDER": "default", "TIDECAST_FAULT_FAIL": "3", "TIDECAST_TRANSCODE_ATTEMPTS": "3",
+             "TIDECAST_PASSTHROUGH": "0",  # the 480p rung is encoded: it fails, and heals
              "TIDECAST_FAULT_HEAL_FAIL": "3",  # its heal job fails too: it cannot be made at all
              "TIDECAST_SOURCE_RENDITION": "1", "TIDECAST_TRANSCODE_LAG_THRESHOLD": NO_SKIP},
     )  # fmt: skip

@@ -43,7 +43,8 @@ def test_auto_abr_switches_down_under_throttle_and_back_up(tmp_path: Path) -> No
     from tests.e2e.browser import chromium_page
 
     source = render(tmp_path, 854, 480, 100)
-    server = start_server(tmp_path / "data", env={"TIDECAST_LADDER": "480:1500,360:800,240:250"})
+    server = start_server(tmp_path / "data", env={"TIDECAST_LADDER": "480:1500,360:800,240:250",
+                                                       "TIDECAST_PASSTHROUGH": "0"})
     pub: subprocess.Popen[bytes] | None = None
     try:
         key = server.create_stream("abrweb")

@@ -138,6 +138,7 @@ def test_deployment_survives_chaos(tmp_path: Path) -> None:
         d = Deployment(tmp_path / "deploy", {
             "bus_url": nats.url, "bus_prefix": prefix, "database_url": db,
             "store_url": store.format(s3), "ladder": "720:2500,360:700",
+            "passthrough": False,  # both rungs are encoded: the workers killed are doing them
             "x264_preset": "ultrafast", "reconnect_grace": 3.0, "lease_ttl": 3.0, "job_ack_wait": 6.0,
             "transcode_attempts": 10, "workers": 1, "playlist_window": 200,
             "transcode_lag_threshold": 120.0,  # every rung of every segment, however late

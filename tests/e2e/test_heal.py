@@ -58,6 +58,7 @@ def test_a_recording_degraded_live_heals(tmp_path: Path, clips: Clips) -> None:
     source = clips(1920, 1080, 30, 40, bitrate_k=6000)
     server = start_server(tmp_path / "data", "--reconnect-grace", "0", "--playlist-window", "100",
                           env={"TIDECAST_LADDER": "default",
+                               "TIDECAST_PASSTHROUGH": "0",  # the 1080p rung is encoded (and killed) too
                                # one attempt per job: a killed transcode is dead-lettered, so live
                                # degrades for sure (a retry may otherwise make it in time)
                                "TIDECAST_TRANSCODE_ATTEMPTS": "1"})  # fmt: skip

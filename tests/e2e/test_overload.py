@@ -39,6 +39,7 @@ def test_three_times_overload_degrades_by_rungs_and_recovers(tmp_path: Path, cli
     source = clips(1920, 1080, 60, 10, bitrate_k=8000)
     env = {
         "TIDECAST_BUS_URL": NATS_URL, "TIDECAST_BUS_PREFIX": prefix, "TIDECAST_LADDER": "default",
+        "TIDECAST_PASSTHROUGH": "0",  # every rung encoded, the 1080p60 one too: the overload
         "TIDECAST_WORKERS": "1", "TIDECAST_JOB_ACK_WAIT": "4", "TIDECAST_HEAL": "false",
         "TIDECAST_TRANSCODE_LAG_THRESHOLD": str(THRESHOLD),
     }  # fmt: skip

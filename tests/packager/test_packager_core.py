@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import m3u8
 
 from tidecast.messages import BroadcastEnded, BroadcastFinished, BroadcastStarted, SegmentReady
@@ -218,3 +220,29 @@ def test_a_heal_for_an_older_broadcast_updates_only_its_recording() -> None:
     out = c.handle(seg(4, "720p", heal=True, b=older), 1.0)
     assert [type(a) for a in out] == [Record, RewriteVod]
     assert c.stream("s").current == B
+
+
+def test_a_source_that_stands_in_for_a_rung_is_listed_and_recorded_with_the_ladder() -> None:
+    """Passthrough: the segmenter names the source among the renditions of its segments;
+    the packager lists and records it (with its own audio muxed in) beside the ladder,
+    and the master waits for it like any rendition."""
+    c = core()
+    started(c)
+    made = ("source", "360p", "audio")
+
+    def s(n: int, rendition: str) -> SegmentReady:
+        m = replace(seg(n, rendition), renditions=made)
+        return replace(m, codecs="avc1.64001f,mp4a.40.2") if rendition == "source" else m
+
+    out = c.handle(s(0, "360p"), 0.1) + c.handle(s(0, "audio"), 0.1)
+    assert not any(isinstance(a, PutMaster) for a in out)  # the source is not in yet
+    out = c.handle(s(0, "source"), 0.2)
+    assert seqs(last(out, "source")) == [0]
+    assert [a.seg.rendition for a in out if isinstance(a, Record)] == ["source"]
+    master = m3u8.loads(next(a.text for a in out if isinstance(a, PutMaster)))
+    assert sorted(p.uri for p in master.playlists) == ["360p.m3u8", "source.m3u8"]
+    src = next(p for p in master.playlists if p.uri == "source.m3u8")
+    assert src.stream_info.codecs == "avc1.64001f,mp4a.40.2"  # its own audio, no second one
+    # a source segment that names no listed source (no passthrough) is not listed
+    out = c.handle(seg(1, "source"), 1.0)
+    assert not playlists(out, "source")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import m3u8
 import pytest
 from tests.packager.ll import check_ll, complete, hint, in_progress
@@ -350,3 +352,14 @@ def test_parts_that_name_other_objects_are_refused() -> None:
         c.handle(prt(0, 0, duration=0.0), 0.0)
     with pytest.raises(ValueError, match="part target"):
         core(part_target=1.5)
+
+
+def test_parts_of_a_source_that_stands_in_for_a_rung_are_listed() -> None:
+    """Passthrough with LL-HLS: a source part says it is listed; one that does not is not."""
+    c = core()
+    started(c)
+    out = c.handle(replace(prt(0, 0, "source"), listed=True), 0.4)
+    assert [p.uri for p in in_progress(last(out, "source"))] == [uri(0, 0, "source")]
+    c2 = core()
+    started(c2)
+    assert puts(c2.handle(prt(0, 0, "source"), 0.4), "source") == []

@@ -136,3 +136,21 @@ async def test_the_job_goes_out_at_the_first_frame_and_parts_are_announced(tmp_p
     woken = [m for m in await drain(wakes) if isinstance(m, PartReady)]
     assert {m.rendition for m in woken} == {"source"} and len(woken) >= 12
 
+
+
+async def test_source_parts_say_whether_the_source_is_listed(tmp_path: Path) -> None:
+    for passthrough in (True, False):
+        bus = MemoryBus()
+        seen = bus.subscribe("segment.>")
+        svc = SegmenterService(LocalStore(tmp_path / str(passthrough)), bus, 2.0,
+                               Ladder(DEFAULT_LADDER, passthrough=passthrough), part_target=PART)  # fmt: skip
+        sink = svc.open("s", "b1", 0.0)
+        start(sink)
+        for f in frames(2.5):
+            sink.frame(f)
+        await sink.finish()
+        parts = [m for m in await drain(seen) if isinstance(m, PartReady)]
+        source = [p.listed for p in parts if p.rendition == "source"]
+        assert source and set(source) == {passthrough}
+        assert not any(p.listed for p in parts if p.rendition != "source")
+        await svc.aclose()

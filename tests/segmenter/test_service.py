@@ -345,3 +345,29 @@ def test_the_segmenter_does_not_import_transcode() -> None:
                 imported |= {a.name for a in node.names}
     assert "tidecast.segmenter.plan" in imported  # the scan sees the package's imports
     assert not [m for m in imported if m.startswith("tidecast.transcode")]
+
+
+async def test_a_source_at_its_top_rung_height_is_listed_in_its_place(tmp_path: Path) -> None:
+    """Passthrough: a 720p source with the default ladder is not encoded at 720p again.
+    Its jobs carry the lower rungs only; every message names the source among the
+    renditions, the source's own SegmentReady too (the packager lists it by that), and
+    a segment that cannot be stored is a gap in the source with the same names."""
+    store = LocalStore(tmp_path)
+    (tmp_path / keys.segment("s", "b", "source", 1)).mkdir(parents=True)
+    bus = MemoryBus()
+    seen, jobs = bus.subscribe("segment.s"), bus.subscribe("job.transcode.s")
+    svc = SegmenterService(store, bus, 2.0, Ladder(DEFAULT_LADDER, passthrough=True), registry=Registry())
+    sink = svc.open("s", "b", 0.0)
+    start(sink)
+    for f in frames(6.1):
+        sink.frame(f)
+    await sink.finish()
+    made = ("source", "480p", "240p", "audio")
+    msgs = [m for m in await drain(seen) if isinstance(m, SegmentReady)]
+    assert {m.rendition for m in msgs if not m.gap} == {"source", "audio"}  # no worker here
+    assert all(m.renditions == made for m in msgs), {(m.rendition, m.sequence, m.renditions) for m in msgs}
+    assert [m.sequence for m in msgs if m.gap] == [1, 1, 1, 1]  # source, audio, 480p, 240p
+    job_list = [m for m in await drain(jobs) if isinstance(m, TranscodeJob)]
+    assert [j.sequence for j in job_list] == [0, 2, 3]
+    assert all([r["name"] for r in j.rungs] == ["480p", "240p"] and j.renditions == made for j in job_list)
+    await svc.aclose()

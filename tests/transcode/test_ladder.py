@@ -2,8 +2,15 @@ from __future__ import annotations
 
 import pytest
 
+from tidecast.segmenter.plan import plan_for
 from tidecast.transcode.job import output_size
-from tidecast.transcode.ladder import DEFAULT_LADDER, LadderError, parse_ladder, rungs_for_source
+from tidecast.transcode.ladder import (
+    DEFAULT_LADDER,
+    Ladder,
+    LadderError,
+    parse_ladder,
+    rungs_for_source,
+)
 
 
 def names(rungs: tuple) -> list[str]:  # type: ignore[type-arg]
@@ -48,3 +55,29 @@ def test_parse_ladder() -> None:
     for bad in ("", "720", "abc:100", "720:2000:fancy", "720:1,720:2000", "99999:100", "720:2000,720:1000"):
         with pytest.raises(LadderError):
             parse_ladder(bad)
+
+
+@pytest.mark.parametrize(
+    ("size", "passed", "encoded"),
+    [
+        ((1920, 1080), "1080p", ["720p", "480p", "240p"]),
+        ((1280, 720), "720p", ["480p", "240p"]),
+        ((1080, 1920), "1080p", ["720p", "480p", "240p"]),  # portrait: the short side counts
+        ((1920, 800), None, ["720p", "480p", "240p"]),  # between rungs: every rung encoded
+        ((640, 360), None, ["240p"]),
+        ((320, 240), None, ["240p"]),  # its height, but no rung below: the one rung is made to budget
+        ((320, 180), None, ["180p"]),
+    ],
+)
+def test_passthrough_lists_the_source_for_the_rung_of_its_height(
+    size: tuple[int, int], passed: str | None, encoded: list[str]
+) -> None:
+    on = Ladder(DEFAULT_LADDER, passthrough=True)
+    top = on.passed_through(*size)
+    assert (top.name if top else None) == passed and on.passes_through(*size) == (passed is not None)
+    assert names(on.plan(*size)) == encoded
+    off = Ladder(DEFAULT_LADDER)
+    assert off.passed_through(*size) is None
+    assert names(off.plan(*size)) == names(rungs_for_source(DEFAULT_LADDER, *size))
+    plan = plan_for(on, *size)
+    assert plan.renditions(audio=True) == (("source",) if passed else ()) + tuple(encoded) + ("audio",)

@@ -63,6 +63,7 @@ async def _pipeline(source: Path, data_dir: Path, rungs: tuple[Rung, ...], worke
         host="127.0.0.1", http_port=0, rtmp_port=0, data_dir=data_dir,
         reconnect_grace=0, playlist_window=1000, workers=workers, x264_preset=preset,
         transcode_lag_threshold=float("inf"),  # faster than real time: encode every rung
+        passthrough=False,  # the same rungs as the baseline encodes, the top one included
         ll_hls=ll,
     )  # fmt: skip
     node = Node(settings)

@@ -424,7 +424,7 @@ class PackagerCore:
         if timeline is None and st.current is not None and (msg.heal or msg.broadcast < st.current):
             # a broadcast this packager no longer keeps (ids sort by start time): only its
             # recording can still change; the database keeps a real row over a gap
-            if not msg.gap and (self.include_source or msg.rendition != "source"):
+            if not msg.gap and (msg.rendition != "source" or self._lists_source(msg)):
                 out.append(Record(msg, msg.first_frame_arrival, heal=True))
                 out.append(RewriteVod(msg.stream, msg.broadcast))
             return
@@ -435,7 +435,7 @@ class PackagerCore:
             timeline.info[msg.sequence] = SegmentInfo(
                 msg.start, msg.duration, msg.first_frame_arrival, msg.part, msg.renditions
             )
-        if msg.rendition == "source" and not self.include_source:
+        if msg.rendition == "source" and not self._lists_source(msg):
             return  # transcoded renditions are listed instead
         if msg.broadcast == st.current or st.current is None:
             st.expected |= set(msg.renditions or (msg.rendition,))
@@ -514,7 +514,7 @@ class PackagerCore:
     # -------------------------------------------------------------- parts (LL-HLS)
     def _on_part(self, msg: PartReady, now: float, out: list[Action]) -> None:
         _check_part(msg)
-        if not self.ll_hls or (msg.rendition == "source" and not self.include_source):
+        if not self.ll_hls or (msg.rendition == "source" and not self._lists_source(msg)):
             return
         st = self.stream(msg.stream)
         tl = st.broadcasts.get(msg.broadcast)
@@ -722,7 +722,7 @@ class PackagerCore:
         if tl.segments is None or tl.ended_at is None or now - tl.ended_at < self.end_gap_after:
             return
         for name in sorted(st.expected or st.renditions):
-            if name == "source" and not self.include_source:
+            if name in self._hidden(st):
                 continue
             late = self._rendition(st, name)
             while late.next_seq.get(b, 0) < tl.segments:
@@ -838,7 +838,7 @@ class PackagerCore:
 
     def _master(self, st: StreamState) -> str | None:
         ready = {n for n, r in st.renditions.items() if r.playlist.segments and r.codecs}
-        if st.expected - ready - self._hidden():
+        if st.expected - ready - self._hidden(st):
             return None  # list every rendition at once, or players miss the late ones
         names = sorted(ready & st.expected or ready)
         if not names:
@@ -860,8 +860,16 @@ class PackagerCore:
             variants.append(v)
         return render_multivariant(variants, AudioRendition("audio.m3u8") if audio else None)
 
-    def _hidden(self) -> set[str]:
-        return set() if self.include_source else {"source"}
+    def _lists_source(self, msg: SegmentReady | PartReady) -> bool:
+        """A source segment or part is listed: always (``include_source``), or when it
+        stands in for the ladder rung of its own height (the segmenter's plan says so)."""
+        if self.include_source:
+            return True
+        return msg.listed if isinstance(msg, PartReady) else "source" in msg.renditions
+
+    def _hidden(self, st: StreamState) -> set[str]:
+        """Renditions made but not listed: the source, unless listed (it passes through)."""
+        return set() if self.include_source or "source" in st.expected else {"source"}
 
 
 class BadSegment(ValueError):

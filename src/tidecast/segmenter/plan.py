@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+SOURCE = "source"  # the rendition the segmenter cuts from what was published
 AUDIO = "audio"  # the shared audio rendition next to a transcoded (video-only) ladder
 
 
@@ -33,7 +34,11 @@ class TranscodePlan(Protocol):
         ...
 
     def plan(self, width: int, height: int) -> Sequence[PlannedRung]:
-        """The rungs a ``width`` x ``height`` source gets (never upscaled)."""
+        """The rungs a ``width`` x ``height`` source gets encoded into (never upscaled)."""
+        ...
+
+    def passes_through(self, width: int, height: int) -> bool:
+        """True when the source itself is listed in place of the rung of its height."""
         ...
 
 
@@ -41,15 +46,17 @@ class TranscodePlan(Protocol):
 class SourcePlan:
     """What a source of one size gets, computed once per decoder configuration."""
 
-    rungs: tuple[PlannedRung, ...]  # top first
+    rungs: tuple[PlannedRung, ...]  # top first: what is encoded
+    source: bool = False  # the source is listed too, in place of the rung of its height
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(r.name for r in self.rungs)
 
     def renditions(self, audio: bool) -> tuple[str, ...]:
-        """Everything one source segment makes: the rungs, and the shared audio if any."""
-        return self.names + ((AUDIO,) if audio else ())
+        """Everything one source segment makes: the source if it is listed, the rungs, and
+        the shared audio if any."""
+        return ((SOURCE,) if self.source else ()) + self.names + ((AUDIO,) if audio else ())
 
     def job_rungs(self) -> tuple[dict[str, object], ...]:
         return tuple(r.to_dict() for r in self.rungs)
@@ -59,4 +66,5 @@ def plan_for(plan: TranscodePlan | None, width: int, height: int) -> SourcePlan:
     """The rungs for a source, top first (empty without a plan)."""
     if not plan:
         return SourcePlan(())
-    return SourcePlan(tuple(sorted(plan.plan(width, height), key=lambda r: -r.height)))
+    rungs = tuple(sorted(plan.plan(width, height), key=lambda r: -r.height))
+    return SourcePlan(rungs, source=bool(rungs) and plan.passes_through(width, height))

@@ -78,13 +78,11 @@ from tidecast.segmenter.core import (
     SourcePart,
     SourceSegment,
 )
-from tidecast.segmenter.plan import AUDIO, SourcePlan, TranscodePlan, plan_for
+from tidecast.segmenter.plan import AUDIO, SOURCE, SourcePlan, TranscodePlan, plan_for
 from tidecast.store.base import Store
 from tidecast.supervise import Supervisor
 
 log = logging.getLogger("tidecast.segmenter")
-
-SOURCE = "source"
 
 QUEUE_SEGMENTS = 8  # 16 s of media at the default target: a store may pause that long
 QUEUE_BYTES = 128 * 1024 * 1024
@@ -327,10 +325,10 @@ class BroadcastSegmenter:
                     self.queued_segments -= 1
                 self._update_room()
 
-    def _plan(self, seg: SourceSegment | SegmentStarted) -> SourcePlan:
+    def _plan(self, seg: SourceSegment | SegmentStarted | SourcePart) -> SourcePlan:
         """The rungs this source gets (computed once per source size)."""
         v = seg.video_config
-        if v is None or (isinstance(seg, SourceSegment) and not seg.video):
+        if v is None or (not isinstance(seg, SegmentStarted) and not seg.video):
             return SourcePlan(())
         size = (v.width, v.height)
         if size not in self._plans:
@@ -397,7 +395,7 @@ class BroadcastSegmenter:
             stream=self.stream, broadcast=self.broadcast, rendition=SOURCE, sequence=p.sequence,
             index=p.index, start=p.start, duration=p.duration, key=key, init_key=ikey,
             size=len(data), independent=p.video[0].keyframe, final=p.final,
-            produced_at=time.time(), part=self.part,
+            produced_at=time.time(), part=self.part, listed=self._plan(p).source,
         )  # fmt: skip
         await self._publish(f"segment.{self.stream}", msg)
         try:  # not durable: a transcoder that misses it finds the part by polling
@@ -437,12 +435,13 @@ class BroadcastSegmenter:
                          "announced as gaps", self.stream, ev.sequence)  # fmt: skip
         for name in renditions:
             self.pressure.done(ev.sequence, name)
-        for name in (SOURCE, *renditions):
+        for name in dict.fromkeys((SOURCE, *renditions)):  # a listed source is among them
             gap = SegmentReady(
                 stream=self.stream, broadcast=self.broadcast, rendition=name, sequence=ev.sequence,
                 start=0.0, duration=0.0, init_key="",
                 segment_key=keys.segment(self.stream, self.broadcast, name, ev.sequence), size=0,
-                gap=True, renditions=(SOURCE,) if name == SOURCE else renditions, part=self.part,
+                gap=True, part=self.part,
+                renditions=renditions if name != SOURCE or SOURCE in renditions else (SOURCE,),
             )  # fmt: skip
             if await self._publish(f"segment.{self.stream}", gap):
                 self.stats.gaps += 1
@@ -482,6 +481,7 @@ class BroadcastSegmenter:
                 frame_rate=round(seg.frame_rate, 3),
                 first_frame_arrival=seg.first_frame_arrival, completed_at=seg.completed_at,
                 stored_at=stored_at, part=self.part,
+                renditions=plan.renditions(audio=a is not None) if plan.source else (),
             ),
         )  # fmt: skip
         if transcoded and a is not None:
@@ -595,7 +595,7 @@ class BroadcastSegmenter:
         # (rendition, the renditions its normal message names, has video, has audio)
         names: list[tuple[str, tuple[str, ...], bool, bool]] = []
         if source:
-            names.append((SOURCE, (SOURCE,), bool(seg.video), bool(seg.audio)))
+            names.append((SOURCE, made if plan.source else (SOURCE,), bool(seg.video), bool(seg.audio)))
         if audio and has_audio:
             names.append((AUDIO, made, False, True))
         if rungs:
