@@ -13,8 +13,8 @@ def test_transcode_segment_two_rungs() -> None:
     assert ffmpeg.transcode_segment_args("/t/src.mp4", outs, "veryfast", exe="ff") == [
         "ff", "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", "/t/src.mp4",
         "-filter_complex",
-        "[0:v]split=2[s0][s1];[s0]scale=1280:720:flags=bicubic,format=yuv420p[v0];"
-        "[s1]scale=426:240:flags=bicubic,format=yuv420p[v1]",
+        "[0:v]split=2[s0][s1];[s0]scale=1280:720:flags=area,format=yuv420p[v0];"
+        "[s1]scale=426:240:flags=area,format=yuv420p[v1]",
         "-map", "[v0]", "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main",
         "-b:v", "3500k", "-minrate", "3500k", "-maxrate", "3500k", "-bufsize", "3500k",
         "-x264-params", "nal-hrd=cbr", "-force_key_frames", "expr:eq(n,0)", "-g", "100000",
@@ -32,7 +32,7 @@ def test_transcode_segment_two_rungs() -> None:
 
 def test_transcode_segment_single_rung_needs_no_split() -> None:
     args = ffmpeg.transcode_segment_args("s.mp4", [ffmpeg.RungOutput(854, 480, 1200, "main", "o.mp4")], "fast", exe="ff")
-    assert args[args.index("-filter_complex") + 1] == "[0:v]scale=854:480:flags=bicubic,format=yuv420p[v0]"
+    assert args[args.index("-filter_complex") + 1] == "[0:v]scale=854:480:flags=area,format=yuv420p[v0]"
     assert args[args.index("-preset") + 1] == "fast"
 
 
@@ -111,8 +111,8 @@ def test_transcode_stream_args() -> None:
         "-threads", "1", "-probesize", "32", "-analyzeduration", "0", "-copyts",
         "-f", "mp4", "-i", "pipe:0",
         "-filter_complex",
-        "[0:v]split=2[s0][s1];[s0]scale=1280:720:flags=bicubic,format=yuv420p[v0];"
-        "[s1]select=gte(pts\\,1091700),scale=426:240:flags=bicubic,format=yuv420p[v1]",
+        "[0:v]split=2[s0][s1];[s0]scale=1280:720:flags=area,format=yuv420p[v0];"
+        "[s1]select=gte(pts\\,1091700),scale=426:240:flags=area,format=yuv420p[v1]",
         "-map", "[v0]", "-c:v", "libx264", "-preset", "veryfast", "-profile:v", "main",
         "-b:v", "3500k", "-minrate", "3500k", "-maxrate", "3500k", "-bufsize", "3500k",
         "-x264-params", "nal-hrd=cbr", "-tune", "zerolatency",
@@ -133,4 +133,4 @@ def test_transcode_stream_single_rung_from_a_boundary() -> None:
         [ffmpeg.StreamRungOutput(854, 480, 1200, "main", "pipe:5", from_pts=90)], "fast", exe="ff"
     )
     graph = args[args.index("-filter_complex") + 1]
-    assert graph == "[0:v]select=gte(pts\\,90),scale=854:480:flags=bicubic,format=yuv420p[v0]"
+    assert graph == "[0:v]select=gte(pts\\,90),scale=854:480:flags=area,format=yuv420p[v0]"
