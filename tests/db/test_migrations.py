@@ -47,7 +47,7 @@ def _create_all_pre_migration(engine: Engine, tables: list[str]) -> None:
 
 
 def test_revisions_are_one_chain() -> None:
-    assert head() == "0006"
+    assert head() == "0007"
 
 
 def test_upgraded_database_matches_the_models(db_url: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tidecast.bus.memory import MemoryBus
+from tidecast.db.playback import Playback
 from tidecast.db.repo import Database
 from tidecast.ingest.sessions import PublishGate
 from tidecast.live import LiveBroadcast, LiveStatus, live_broadcast_ids
@@ -79,3 +80,22 @@ async def test_a_resumed_broadcast_cancels_its_timer_and_shutdown_finishes_the_p
     while (d := await finished.next(timeout=0.1)) is not None:
         msgs.append(d.message)
     assert [m.reason for m in msgs if isinstance(m, BroadcastFinished)] == ["server shutdown"]
+
+
+async def test_each_broadcast_gets_the_latency_of_its_stream(tmp_path: Path) -> None:
+    """On a low-latency node: parts for a stream that follows the node; none for one set
+    to "standard" or encrypted (AES-128 encrypts whole segments)."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    keys = {name: db.create_stream(name).key for name in ("ll", "std", "enc")}
+    Playback(db).set_policy("std", latency="standard")
+    Playback(db).set_policy("enc", access="token", encryption="aes-128")
+    svc = SegmenterService(LocalStore(tmp_path / "media"), MemoryBus(), 2.0, registry=Registry(),
+                           part_target=1 / 3)  # fmt: skip
+    gate = PublishGate(db, svc, MemoryBus(), reconnect_grace=0)
+    got = {}
+    for name, key in keys.items():
+        session = await gate.open(key, f"127.0.0.1:{len(got) + 1}", "rtmp")
+        got[name] = session.sink.part_target
+        await gate.close(session, "unpublished")
+    assert got == {"ll": 1 / 3, "std": 0.0, "enc": 0.0}
+    await svc.aclose()

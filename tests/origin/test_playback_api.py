@@ -82,3 +82,41 @@ async def test_wrong_passwords_count_per_forwarded_address(tmp_path: Path) -> No
         )
     finally:
         db.close()
+
+
+async def test_latency_per_stream_and_its_rules(tmp_path: Path) -> None:
+    """A stream follows the node's ll_hls unless set "low" or "standard"; AES-128 streams
+    play on whole segments; "low" with AES-128, or on a node without LL-HLS, is refused."""
+    db = Database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    try:
+        for name in ("a", "b"):
+            db.create_stream(name)
+        guard = PlaybackGuard(db, SECRET, NoLive())
+
+        async def put(node_ll: bool, name: str, body: dict[str, str]) -> httpx.Response:
+            app = FastAPI()
+            app.include_router(playback_router(guard, Settings(ll_hls=node_ll), lambda: None))
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://o") as client:
+                return await client.put(f"/api/v1/streams/{name}", json=body)
+
+        r = await put(True, "a", {})
+        assert r.status_code == 200 and (r.json()["latency"], r.json()["low_latency"]) == ("", True)
+        r = await put(False, "a", {})
+        assert r.json()["low_latency"] is False  # the node's default
+        assert (await put(False, "a", {"latency": "low"})).status_code == 422
+        r = await put(True, "a", {"latency": "standard"})
+        assert (r.json()["latency"], r.json()["low_latency"]) == ("standard", False)
+        assert db.get_stream("a").latency == "standard"
+        r = await put(True, "a", {"latency": ""})
+        assert (r.json()["latency"], r.json()["low_latency"]) == ("", True)
+        assert (await put(True, "a", {"latency": "fast"})).status_code == 422
+        # encrypted: whole segments, whatever the node does; "low" cannot be asked for
+        r = await put(True, "b", {"access": "token", "encryption": "aes-128"})
+        assert r.status_code == 200 and r.json()["low_latency"] is False
+        r = await put(True, "b", {"latency": "low"})
+        assert r.status_code == 422 and "AES-128" in r.text
+        assert (await put(True, "b", {"latency": "low", "encryption": "none"})).json()["low_latency"] is True
+        assert (await put(True, "b", {"encryption": "aes-128"})).status_code == 422
+    finally:
+        db.engine.dispose()

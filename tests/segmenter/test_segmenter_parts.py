@@ -154,3 +154,20 @@ async def test_source_parts_say_whether_the_source_is_listed(tmp_path: Path) -> 
         assert source and set(source) == {passthrough}
         assert not any(p.listed for p in parts if p.rendition != "source")
         await svc.aclose()
+
+
+async def test_a_stream_on_whole_segments_gets_no_parts_on_a_low_latency_node(tmp_path: Path) -> None:
+    bus = MemoryBus()
+    seen, jobs = bus.subscribe("segment.>"), bus.subscribe("job.>")
+    svc = SegmenterService(LocalStore(tmp_path), bus, 2.0, Ladder(DEFAULT_LADDER), part_target=PART)
+    sink = svc.open("s", "b1", 0.0, low_latency=False)
+    start(sink)
+    for f in frames(4.5):
+        sink.frame(f)
+    await sink.finish()
+    messages = await drain(seen)
+    assert not any(isinstance(m, PartReady) for m in messages)
+    assert {m.sequence for m in messages if isinstance(m, SegmentReady)} == {0, 1, 2}
+    job_list = [m for m in await drain(jobs) if isinstance(m, TranscodeJob)]
+    assert job_list and all(j.part_target == 0 and j.duration > 0 for j in job_list)  # whole-segment jobs
+    await svc.aclose()

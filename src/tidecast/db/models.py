@@ -61,6 +61,8 @@ class Stream(Base):
     password_hash: Mapped[str] = mapped_column(String(200), default="", server_default="")
     # HLS encryption of the broadcasts that start from now on: none | aes-128
     encryption: Mapped[str] = mapped_column(String(10), default="none", server_default="none")
+    # broadcasts that start from now on: "" = the node's default (ll_hls), low | standard
+    latency: Mapped[str] = mapped_column(String(10), default="", server_default="")
     broadcasts: Mapped[list[Broadcast]] = relationship(back_populates="stream")
 
 

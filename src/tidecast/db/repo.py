@@ -64,6 +64,8 @@ class StreamInfo:
     created_at: datetime
     ingest_allow: str = ""  # CIDRs, space-separated (ingest/access.py)
     ingest_deny: str = ""
+    latency: str = ""  # "" (the node's default), "low" or "standard"
+    encryption: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,8 @@ class NewStream:
 
 
 def _info(s: Stream) -> StreamInfo:
-    return StreamInfo(s.id, s.name, s.title, s.created_at, s.ingest_allow or "", s.ingest_deny or "")
+    return StreamInfo(s.id, s.name, s.title, s.created_at, s.ingest_allow or "", s.ingest_deny or "",
+                      s.latency or "", s.encryption or "none")  # fmt: skip
 
 
 class Database:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from tidecast.bus.base import Bus
+from tidecast.db.playback import low_latency
 from tidecast.db.recordings import Recordings
 from tidecast.db.repo import Database
 from tidecast.ingest.auth import Admission, IngestAuth, PublishRefused
@@ -149,7 +150,9 @@ class PublishGate:
                 part = await asyncio.to_thread(self.recordings.resume, broadcast)
         finally:
             self._claimed.discard(info.name)
-        sink = self.segmenter.open(info.name, broadcast, now, first_sequence=first_seq, part=part)
+        low = low_latency(info.latency, info.encryption, self.segmenter.part_target > 0)
+        sink = self.segmenter.open(info.name, broadcast, now, first_sequence=first_seq, part=part,
+                                   low_latency=low)  # fmt: skip
         session = LiveSession(info.name, info.id, broadcast, started_at, remote, protocol, sink, part,
                               admission=admission)  # fmt: skip
         self.sessions[info.name] = session

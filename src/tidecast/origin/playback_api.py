@@ -35,7 +35,7 @@ from tidecast.access import tokens
 from tidecast.access.limits import AttemptLimiter
 from tidecast.config import Settings
 from tidecast.db import transient
-from tidecast.db.playback import Policy
+from tidecast.db.playback import Policy, low_latency
 from tidecast.db.repo import StreamNotFound
 from tidecast.origin.playback import PlaybackGuard
 
@@ -54,12 +54,18 @@ class StreamSettings(BaseModel):
     encryption: Literal["none", "aes-128"] | None = Field(
         None, description="HLS AES-128 for the broadcasts that start from now on"
     )
+    latency: Literal["", "low", "standard"] | None = Field(
+        None, description='LL-HLS parts ("low") or whole segments ("standard") for the broadcasts '
+                          'that start from now on; "" follows the node (ll_hls)',
+    )  # fmt: skip
 
 
 class StreamSettingsOut(BaseModel):
     name: str
     access: str
     encryption: str
+    latency: str = Field(description='"" when the stream follows the node (ll_hls)')
+    low_latency: bool = Field(description="its next broadcast gets LL-HLS parts")
     has_password: bool
 
 
@@ -87,8 +93,9 @@ class SessionCreate(BaseModel):
     token: str | None = Field(None, max_length=100)
 
 
-def _out(p: Policy) -> StreamSettingsOut:
-    return StreamSettingsOut(name=p.stream, access=p.access, encryption=p.encryption,
+def _out(p: Policy, node_default: bool) -> StreamSettingsOut:
+    return StreamSettingsOut(name=p.stream, access=p.access, encryption=p.encryption, latency=p.latency,
+                             low_latency=low_latency(p.latency, p.encryption, node_default),
                              has_password=bool(p.password_hash))  # fmt: skip
 
 
@@ -123,10 +130,13 @@ def playback_router(
         current = await policy_of(name)
         access = body.access or current.access
         encryption = body.encryption or current.encryption
-        if body.encryption == "aes-128" and settings.ll_hls:
-            raise HTTPException(422, "AES-128 cannot be combined with low-latency HLS (ll_hls): each part of "
-                                     "an encrypted segment would have to be encrypted on its own; turn ll_hls "
-                                     "off to encrypt this stream")  # fmt: skip
+        latency = current.latency if body.latency is None else body.latency
+        if latency == "low" and not settings.ll_hls:
+            raise HTTPException(422, 'latency "low" needs LL-HLS on the node (ll_hls)')
+        if encryption == "aes-128" and latency == "low":
+            raise HTTPException(422, 'AES-128 cannot be combined with latency "low" (LL-HLS parts): '
+                                     "segments are encrypted whole; an encrypted stream plays with "
+                                     'latency "standard"')  # fmt: skip
         if encryption == "aes-128" and access == "public":
             raise HTTPException(422, 'AES-128 needs access "token" or "password": the keys of a public '
                                      "stream would go to anyone")  # fmt: skip
@@ -137,14 +147,16 @@ def playback_router(
             hashed = await asyncio.to_thread(tokens.hash_password, body.password)
         try:
             p = await transient.call("set playback policy", playback.set_policy, name, access=body.access,
-                                     password_hash=hashed, encryption=body.encryption, deadline=5.0)  # fmt: skip
+                                     password_hash=hashed, encryption=body.encryption, latency=body.latency,
+                                     deadline=5.0)  # fmt: skip
         except StreamNotFound:
             raise HTTPException(404, f"no stream named {name!r}") from None
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         guard.forget(name)
-        log.info("stream %s: access %s, encryption %s", name, p.access, p.encryption)
-        return _out(p)
+        log.info("stream %s: access %s, encryption %s, latency %s", name, p.access, p.encryption,
+                 p.latency or "the node's")  # fmt: skip
+        return _out(p, settings.ll_hls)
 
     @api.get("/streams/{name}/playback", response_model=PlaybackInfo, responses={404: {}})
     async def get_playback(name: str, request: Request) -> PlaybackInfo:

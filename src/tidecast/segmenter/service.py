@@ -115,17 +115,19 @@ class BroadcastSegmenter:
 
     def __init__(
         self, service: SegmenterService, stream: str, broadcast: str, started_at: float,
-        first_sequence: int = 0, part: int = 0,
+        first_sequence: int = 0, part: int = 0, low_latency: bool = True,
     ) -> None:  # fmt: skip
         self.service = service
         self.stream = stream
         self.broadcast = broadcast
         self.started_at = started_at
         self.part = part
+        # LL-HLS parts: the node's part target, unless this stream plays on whole segments
+        self.part_target = service.part_target if low_latency else 0.0
         self.core = Segmenter(service.target, first_sequence=first_sequence,
                               max_duration=service.max_segment_duration,
                               max_bytes=service.max_segment_bytes,
-                              part_target=service.part_target)  # fmt: skip
+                              part_target=self.part_target)  # fmt: skip
         # the bound is kept by ingest awaiting room() (backpressure), see the module docstring
         self.queue: deque[SegmentEvent] = deque()
         self.queued_bytes = 0
@@ -366,7 +368,7 @@ class BroadcastSegmenter:
             audio_codec=a.codec if a else "", rungs=plan.job_rungs(),
             renditions=plan.renditions(audio=a is not None), preset=self.service.preset,
             first_frame_arrival=ev.first_frame_arrival, stored_at=time.time(), part=self.part,
-            skip=decision.skip, part_target=self.service.part_target,
+            skip=decision.skip, part_target=self.part_target,
         )  # fmt: skip
         self._early_jobs[ev.sequence] = job.renditions
         if not await self._publish(f"job.transcode.{self.stream}", job):
@@ -719,9 +721,11 @@ class SegmenterService:
         )  # fmt: skip
 
     def open(
-        self, stream: str, broadcast: str, started_at: float, first_sequence: int = 0, part: int = 0
-    ) -> BroadcastSegmenter:
-        seg = BroadcastSegmenter(self, stream, broadcast, started_at, first_sequence, part)
+        self, stream: str, broadcast: str, started_at: float, first_sequence: int = 0, part: int = 0,
+        *, low_latency: bool = True,
+    ) -> BroadcastSegmenter:  # fmt: skip
+        """``low_latency`` False: whole segments only, whatever the node's ``part_target``."""
+        seg = BroadcastSegmenter(self, stream, broadcast, started_at, first_sequence, part, low_latency)
         self.active[broadcast] = seg
         return seg
 
