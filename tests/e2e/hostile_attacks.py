@@ -302,7 +302,9 @@ class WrongKeys:
 
     def figures(self) -> str:
         return (f"wrong keys: {len(self.verdicts)} from {self.source} in {self.took:.1f} s "
-                f"({self.took / len(self.verdicts) * 1000:.2f} ms each), banned after {self.max_failures}; "
+                f"({self.took / len(self.verdicts) * 1000:.2f} ms each): "
+                f"{sum(v.description == 'unknown stream key' for v in self.verdicts)} refused as unknown, "
+                f"{sum('banned for' in v.description for v in self.verdicts)} as banned; "
                 f"the right key from {self.source}: {self.right_key_from_banned.code}; "
                 f"from {self.other_address}: {self.right_key_from_other.code}")  # fmt: skip
 

@@ -129,7 +129,7 @@ WAVES = 3  # each holding attack three times over: about 12 s of attack
 TAIL = 6.0  # s the viewer is watched after the attack: about its buffer, so a late stall shows
 # The longest a legitimate request may take during the attack. Most take a few ms; those
 # sent while a wave of 500 chat sockets connects wait behind them (the server spends some
-# ms of CPU on each socket's upgrade): up to about 1 s on 2 cores with nothing else running.
+# ms of CPU on each socket's upgrade): up to about 1.1 s on 2 cores with nothing else running.
 LEGIT_MAX = 2.0
 
 
