@@ -15,7 +15,7 @@ unit_log=$(mktemp -t tidecast-unit.XXXXXX)
 .venv/bin/python -m pytest -p no:cacheprovider -m "not e2e and not browser" "$@" >"$unit_log" 2>&1 &
 unit_pid=$!
 trap 'kill "$unit_pid" 2>/dev/null || true' EXIT  # an interrupted run leaves nothing behind
-.venv/bin/python -m pytest -p no:cacheprovider -m "e2e or browser" "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -m "e2e or browser" --durations=15 "$@"
 e2e_rc=$?
 wait "$unit_pid"
 unit_rc=$?
