@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from tidecast.bench.origin import nginx_exe, parse_wrk
+from tidecast.bench.origin import parse_wrk
+from tidecast.bench.processes import nginx_exe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.heavy]
 
@@ -55,7 +56,7 @@ Transfer/sec:      2.30GB
 
 
 def test_wrk_report_is_read_and_errors_fail_the_run() -> None:
-    from tidecast.bench.origin import BenchError
+    from tidecast.bench.processes import BenchError
 
     r = parse_wrk(WRK_REPORT)
     assert (r.requests, r.requests_per_s, r.p99_ms) == (3500, 3500.0, 0.85)

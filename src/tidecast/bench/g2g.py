@@ -52,14 +52,15 @@ from pathlib import Path
 import httpx
 
 from tidecast import ffmpeg
-from tidecast.bench.origin import (
+from tidecast.bench.processes import (
     CLK_TCK,
     BenchError,
     Child,
-    _free_port,
-    _process_tree,
-    _wait_http,
+    free_port,
     nginx_exe,
+    process_tree,
+    run_interruptibly,
+    wait_http,
 )
 from tidecast.edge.nginx import EdgeConfig, render
 
@@ -178,11 +179,11 @@ def rendition_shares(heights: Sequence[int]) -> str:
 # ---------------------------------------------------------------- the parts
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def treecpu_seconds(pid: int) -> float:
     """CPU time of a process tree so far, its reaped children's included (the
     transcode's ffmpeg processes come and go; what they used goes to their parent)."""
     total = 0
-    for p in _process_tree(pid):
+    for p in process_tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -365,7 +366,7 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
     result = Result(cfg)
     work = tmp / cfg.key
     work.mkdir()
-    http_port, rtmp_port, edge_port = _free_port(), _free_port(), _free_port()
+    http_port, rtmp_port, edge_port = free_port(), free_port(), free_port()
     children: list[Child] = []
     publisher: ffmpeg.FFmpegProcess | None = None
     try:
@@ -373,7 +374,7 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                                   serve_env(cfg, work / "data", http_port, rtmp_port, args.part_target))  # fmt: skip
         children.append(serve)
         origin = f"http://127.0.0.1:{http_port}"
-        await _wait_http(f"{origin}/api/v1/health", serve, timeout=60)
+        await wait_http(f"{origin}/api/v1/health", serve, timeout=60)
         token = (work / "data" / "admin-token").read_text().strip()
         async with httpx.AsyncClient(timeout=10) as client:
             r = await client.post(f"{origin}/api/v1/streams", json={"name": STREAM},
@@ -387,7 +388,7 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                                                 "-g", "daemon off;"], work / "edge.log", dict(os.environ))  # fmt: skip
         children.append(edge)
         edge_url = f"http://127.0.0.1:{edge_port}"
-        await _wait_http(f"{edge_url}/api/v1/health", edge)
+        await wait_http(f"{edge_url}/api/v1/health", edge)
 
         progress = Progress()
         spawned = time.time()
@@ -421,8 +422,8 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                     watching = asyncio.create_task(watcher.run())
                     first = await page.evaluate(STATE_JS)
                     t0 = time.monotonic()
-                    busy0, ours0 = machine_busy_seconds(), tree_cpu_seconds(os.getpid())
-                    serve0 = tree_cpu_seconds(serve.proc.pid)
+                    busy0, ours0 = machine_busy_seconds(), treecpu_seconds(os.getpid())
+                    serve0 = treecpu_seconds(serve.proc.pid)
                     last = first
                     while time.monotonic() - t0 < args.seconds:
                         await asyncio.sleep(
@@ -449,8 +450,8 @@ async def measure(cfg: Configuration, source: Path, args: argparse.Namespace, tm
                         await watching
                     result.listed = watcher.lags
                     took = time.monotonic() - t0
-                    result.ours_cores = (tree_cpu_seconds(os.getpid()) - ours0) / took
-                    result.serve_cores = (tree_cpu_seconds(serve.proc.pid) - serve0) / took
+                    result.ours_cores = (treecpu_seconds(os.getpid()) - ours0) / took
+                    result.serve_cores = (treecpu_seconds(serve.proc.pid) - serve0) / took
                     result.foreign_cores = max(
                         0.0, (machine_busy_seconds() - busy0) / took - result.ours_cores
                     )
@@ -597,25 +598,4 @@ async def run(args: argparse.Namespace) -> int:
 
 async def main(args: argparse.Namespace) -> int:
     """Run the bench; Ctrl-C or SIGTERM stop it with every process it started."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    interrupted: list[int] = []
-
-    def interrupt(sig: int) -> None:
-        if not interrupted:
-            interrupted.append(sig)
-            task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt, sig)
-    try:
-        return await run(args)
-    except asyncio.CancelledError:
-        if not interrupted:
-            raise
-        print("tidecast bench g2g: interrupted; its processes are stopped", file=sys.stderr)
-        return 130
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    return await run_interruptibly(run(args), "tidecast bench g2g: interrupted; its processes are stopped")

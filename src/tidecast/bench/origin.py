@@ -28,11 +28,9 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -42,11 +40,20 @@ from pathlib import Path
 import httpx
 
 from tidecast import ffmpeg
+from tidecast.bench.processes import (
+    BenchError,
+    Child,
+    child_env,
+    cpu_seconds,
+    free_port,
+    machine_busy,
+    nginx_exe,
+    run_interruptibly,
+    wait_http,
+)
 
-NGINX_CANDIDATES = ("/usr/sbin/nginx",)
 STREAM = "main"  # the default stream ``tidecast serve`` creates on first start
 TARGET_RATIO = 0.7  # tidecast / nginx on segments
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 NGINX_CONF = """\
 # written by `tidecast bench origin`: static files, like the origin serves them
@@ -87,10 +94,6 @@ http {{
     }}
 }}
 """
-
-
-class BenchError(RuntimeError):
-    """The bench cannot produce a trustworthy figure."""
 
 
 # ---------------------------------------------------------------- wrk output
@@ -138,124 +141,13 @@ def parse_wrk(text: str) -> WrkResult:
 # ---------------------------------------------------------------- processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _child_env() -> dict[str, str]:
-    """This environment without TIDECAST_* settings (but the ffmpeg choice): the
-    bench's servers are configured by their flags alone, whatever the shell has."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TIDECAST_") or k == "TIDECAST_FFMPEG"}  # fmt: skip
-    # every simulated viewer comes from 127.0.0.1: lift the per-address cap (meant for
-    # real clients, each from an address of its own), the rest stays as users run it
-    env.update(TIDECAST_HOST="127.0.0.1", PYTHONUNBUFFERED="1", TIDECAST_HTTP_MAX_PER_IP="8192")
-    return env
-
-
-class Child:
-    """A server process with its output in a log file, stopped for sure at the end."""
-
-    def __init__(self, name: str, proc: asyncio.subprocess.Process, log: Path) -> None:
-        self.name, self.proc, self.log = name, proc, log
-
-    @classmethod
-    async def start(cls, name: str, args: list[str], log: Path, env: dict[str, str]) -> Child:
-        with log.open("wb") as out:
-            proc = await asyncio.create_subprocess_exec(
-                *args, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                env=env, start_new_session=True,  # Ctrl-C reaches the bench, which stops us in order
-            )  # fmt: skip
-        return cls(name, proc, log)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    async def wait_for_line(self, pattern: str, timeout: float = 60) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            m = re.search(pattern, self.text(), re.MULTILINE)
-            if m:
-                return m
-            if self.proc.returncode is not None:
-                raise BenchError(f"{self.name} exited ({self.proc.returncode}):\n{self.tail()}")
-            await asyncio.sleep(0.05)
-        raise BenchError(
-            f"{self.name} did not print {pattern!r} within {timeout:g} s:\n{self.tail()}"
-        )
-
-    def tail(self, n: int = 20) -> str:
-        return "\n".join(self.text().splitlines()[-n:])
-
-    async def stop(self, sig: int = signal.SIGINT, grace: float = 15) -> int:
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                await self.proc.wait()
-        return self.proc.returncode if self.proc.returncode is not None else -1
-
-
-def _process_tree(pid: int) -> list[int]:
-    """pid and its descendants (nginx's workers), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo += children.get(p, [])
-    return out
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process tree so far."""
-    total = 0
-    for p in _process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK_TCK
-
-
-async def _machine_busy(seconds: float = 1.0) -> float:
-    """Share of all cores busy over a short idle moment (both servers idle):
-    other work on the machine competes with the runs and shows here."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields) - idle, sum(fields)
-
-    busy0, total0 = sample()
-    await asyncio.sleep(seconds)
-    busy1, total1 = sample()
-    return (busy1 - busy0) / max(1, total1 - total0)
-
-
 # ---------------------------------------------------------------- media
 
 
 async def make_media(data_dir: Path, seconds: float, size: str, log_dir: Path) -> None:
     """Real live segments: tidecast serve takes an RTMP test pattern, then stops."""
-    http_port, rtmp_port = _free_port(), _free_port()
-    env = {**_child_env(), "TIDECAST_LADDER": "none"}
+    http_port, rtmp_port = free_port(), free_port()
+    env = {**child_env(), "TIDECAST_LADDER": "none"}
     serve = await Child.start("tidecast serve", [
         sys.executable, "-m", "tidecast", "serve", "--data-dir", str(data_dir),
         "--http-port", str(http_port), "--rtmp-port", str(rtmp_port), "--reconnect-grace", "0",
@@ -311,37 +203,12 @@ def pick_objects(hls_root: Path) -> Objects:
 # ---------------------------------------------------------------- servers
 
 
-def nginx_exe() -> str | None:
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return next((p for p in NGINX_CANDIDATES if os.access(p, os.X_OK)), None)
-
-
 def nginx_conf(prefix: Path, port: int, hls_root: Path, workers: int) -> str:
     from tidecast.origin.files import MEDIA_TYPES
 
     types = "\n".join(f'        "{ctype}" {suffix[1:]};' for suffix, ctype in MEDIA_TYPES.items())
     return NGINX_CONF.format(workers=workers, prefix=prefix, types=types, port=port,
                              hls_root=hls_root)  # fmt: skip
-
-
-async def _wait_http(url: str, server: Child, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
-            if server.proc.returncode is not None:
-                raise BenchError(
-                    f"{server.name} exited ({server.proc.returncode}):\n{server.tail()}"
-                )
-            try:
-                r = await client.get(url)
-                if r.status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet
-            await asyncio.sleep(0.05)
-    raise BenchError(f"{url} did not answer 200 within {timeout:g} s")
 
 
 async def check_same(bases: dict[str, str], objects: Objects, hls_root: Path) -> None:
@@ -389,9 +256,9 @@ class Arm:
 async def measure(
     wrk: str, url: str, pid: int, seconds: float, threads: int, connections: int
 ) -> Arm:
-    cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
     text = await run_wrk(wrk, url, seconds, threads, connections)
-    cpu1, t1 = _cpu_seconds(pid), time.monotonic()
+    cpu1, t1 = cpu_seconds(pid), time.monotonic()
     return Arm(parse_wrk(text), 100 * (cpu1 - cpu0) / (t1 - t0))
 
 
@@ -423,29 +290,29 @@ async def run(args: argparse.Namespace) -> int:
             hls_root = (data_dir / "media" / "hls").resolve()
             objects = pick_objects(hls_root)
 
-            origin_port, nginx_port = _free_port(), _free_port()
+            origin_port, nginx_port = free_port(), free_port()
             origin = await Child.start("tidecast origin", [
                 sys.executable, "-m", "tidecast", "origin", "--data-dir", str(data_dir),
                 "--http-port", str(origin_port),
-            ], tmpdir / "origin.log", _child_env())  # fmt: skip
+            ], tmpdir / "origin.log", child_env())  # fmt: skip
             children.append(origin)
             prefix = tmpdir / "nginx"
             prefix.mkdir()
             conf = prefix / "nginx.conf"
             conf.write_text(nginx_conf(prefix, nginx_port, hls_root, args.nginx_workers))
             ngx = await Child.start("nginx", [nginx, "-p", str(prefix), "-c", str(conf),
-                                              "-g", "daemon off;"], tmpdir / "nginx.log", _child_env())  # fmt: skip
+                                              "-g", "daemon off;"], tmpdir / "nginx.log", child_env())  # fmt: skip
             children.append(ngx)
             await origin.wait_for_line(r"^tidecast origin: HTTP on ")
             bases = {"nginx": f"http://127.0.0.1:{nginx_port}",
                      "tidecast": f"http://127.0.0.1:{origin_port}"}  # fmt: skip
-            await _wait_http(f"{bases['nginx']}/hls/{objects.playlist}", ngx)
+            await wait_http(f"{bases['nginx']}/hls/{objects.playlist}", ngx)
             await check_same(bases, objects, hls_root)
             pids = {"nginx": ngx.proc.pid, "tidecast": origin.proc.pid}
 
             print(f"segment:  /hls/{objects.segment}  ({_size(objects.segment_size)})")
             print(f"playlist: /hls/{objects.playlist}  ({_size(objects.playlist_size)})")
-            busy = await _machine_busy()
+            busy = await machine_busy()
             if busy > 0.1:
                 print(f"note: {busy:.0%} of the machine's CPU was busy with other work just "
                       "before measuring: the figures are noisy")  # fmt: skip
@@ -498,25 +365,4 @@ async def run(args: argparse.Namespace) -> int:
 async def main(args: argparse.Namespace) -> int:
     """Run the bench; Ctrl-C or SIGTERM stop it with every server it started
     (they run in sessions of their own, so the terminal's Ctrl-C reaches only us)."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    interrupted: list[int] = []
-
-    def interrupt(sig: int) -> None:
-        if not interrupted:  # the first signal cancels; later ones must not cut the clean-up
-            interrupted.append(sig)
-            task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt, sig)
-    try:
-        return await run(args)
-    except asyncio.CancelledError:
-        if not interrupted:
-            raise
-        print("tidecast bench origin: interrupted; its servers are stopped", file=sys.stderr)
-        return 130
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    return await run_interruptibly(run(args), "tidecast bench origin: interrupted; its servers are stopped")
