@@ -7,7 +7,6 @@ real WebSockets, clients bound to other loopback addresses."""
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -17,23 +16,13 @@ import pytest
 import websockets
 
 from tests.conftest import TidecastServer, start_server
+from tests.e2e.test_chat import Client
 
 pytestmark = pytest.mark.e2e
 
 
-class Chatter:
-    def __init__(self, ws: websockets.ClientConnection) -> None:
-        self.ws = ws
-
-    async def send(self, **event: Any) -> None:
-        await self.ws.send(json.dumps(event))
-
-    async def next(self, kind: str | None = None, timeout: float = 5) -> dict[str, Any]:
-        async with asyncio.timeout(timeout):
-            while True:
-                ev: dict[str, Any] = json.loads(await self.ws.recv())
-                if kind is None or ev["type"] == kind:
-                    return ev
+class Chatter(Client):
+    """test_chat's client, with the close code of a connection the server ends."""
 
     async def closed_with(self, timeout: float = 10) -> int:
         try:
