@@ -34,6 +34,7 @@ def gaps(pl: m3u8.M3U8) -> list[int]:
 def test_lagging_transcode_skips_the_top_rung(tmp_path: Path, ffmpeg_exe: str) -> None:
     env = {
         "TIDECAST_LADDER": "360:600,240:300,144:150",  # a 240p source gets 240p + 144p
+        "TIDECAST_PASSTHROUGH": "0",  # both encoded: the top one is what backpressure skips
         "TIDECAST_WORKERS": "1",
         "TIDECAST_TRANSCODE_LAG_THRESHOLD": "1.5",
         "TIDECAST_FAULT_DELAY": "1:4",  # the only worker sits on segment 1 for 4 s

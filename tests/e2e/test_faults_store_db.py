@@ -43,7 +43,7 @@ def test_store_and_database_outages_lose_nothing(tmp_path: Path, ffmpeg_exe: str
             "TIDECAST_DATABASE_URL": pg.create_database(),
             "TIDECAST_STORE_URL": f"s3://tidecast/media?endpoint={proxy.url}",
             "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-            "TIDECAST_LADDER": "240:300,144:150", "TIDECAST_WORKERS": "1", "TIDECAST_X264_PRESET": "ultrafast",
+            "TIDECAST_LADDER": "240:300,144:150", "TIDECAST_PASSTHROUGH": "0", "TIDECAST_WORKERS": "1", "TIDECAST_X264_PRESET": "ultrafast",
             "TIDECAST_TRANSCODE_LAG_THRESHOLD": "120",  # slow transcodes wait; this test is not about skips
         }  # fmt: skip
         server = start_server(tmp_path / "data", "--reconnect-grace", "2", "--playlist-window", "200", env=env)

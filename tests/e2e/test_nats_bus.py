@@ -40,7 +40,8 @@ def test_pipeline_and_chat_over_nats(tmp_path: Path, ffmpeg_exe: str) -> None:
             assert ev["text"] == "over nats"
         assert pub.wait(timeout=40) == 0
         wait_for(lambda: httpx.get(f"{server.http}/api/v1/broadcasts").json()[0]["vod"], 30, what="VOD")
-        for rendition in ("240p", "144p", "audio"):
+        # a 240p source stands in for the 240p rung (passthrough); 144p is encoded
+        for rendition in ("source", "144p", "audio"):
             pl = whole_playlist(httpx.get(f"{server.http}/hls/nb/{rendition}.m3u8").text)
             seqs = [int(s.uri.rsplit("/", 1)[1].split(".")[0]) for s in pl.segments]
             assert pl.is_endlist and seqs == list(range(len(seqs))) and len(seqs) >= 4, (rendition, seqs)

@@ -75,7 +75,7 @@ async def node(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[
         ensure_nats()
         extra = {"bus_url": NATS_URL, "bus_prefix": "poi" + secrets.token_hex(3)}
     settings = Settings(host="127.0.0.1", http_port=0, rtmp_port=0, data_dir=tmp_path / "data",
-                        ladder="240:300,144:150", workers=1, x264_preset="ultrafast", reconnect_grace=0,
+                        ladder="240:300,144:150", passthrough=False, workers=1, x264_preset="ultrafast", reconnect_grace=0,
                         playlist_window=50, **extra)  # type: ignore[arg-type]  # fmt: skip
     n = Node(settings)
     await n.start()

@@ -44,7 +44,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     tmp = tmp_path_factory.mktemp("rec")
     source = render(tmp, 640, 360, SECONDS)
     server = start_server(tmp / "data", "--reconnect-grace", "1",
-                          env={"TIDECAST_LADDER": "360:700,240:300"})  # fmt: skip
+                          env={"TIDECAST_LADDER": "360:700,240:300", "TIDECAST_PASSTHROUGH": "0"})  # fmt: skip
     key = server.create_stream("rec")
     pub = publish_file(server, key, source)
     yield Run(server, pub, time.monotonic())
