@@ -49,7 +49,7 @@ def test_bad_config_files_are_refused_clearly(tmp_path: Path, text: str, message
 
 
 def test_low_latency_settings(tmp_path: Path) -> None:
-    assert Settings().ll_hls and Settings().part_target == pytest.approx(1 / 3)
+    assert not Settings().ll_hls and Settings().part_target == pytest.approx(1 / 3)
     for bad in (0.05, 1.5):
         with pytest.raises(ConfigError, match="part_target"):
             Settings(part_target=bad)
