@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from tests.segmenter.test_core import A, V, feed
-from tests.segmenter.test_service import drain, frames, start
+from tests.segmenter.test_service import drain, publish
 
 from tidecast import keys
 from tidecast.bus.memory import MemoryBus
@@ -101,10 +101,7 @@ async def test_the_job_goes_out_at_the_first_frame_and_parts_are_announced(tmp_p
     order = bus.subscribe(">")
     svc = SegmenterService(store, bus, 2.0, Ladder(DEFAULT_LADDER), part_target=PART)
     sink = svc.open("s", "b1", 0.0)
-    start(sink)
-    for f in frames(4.5):
-        sink.frame(f)
-    await sink.finish()
+    await publish(sink, 4.5)
     messages = await drain(seen)
     job_list = [m for m in (await drain(jobs)) if isinstance(m, TranscodeJob)]
     assert [j.sequence for j in job_list] == [0, 1, 2]
@@ -145,10 +142,7 @@ async def test_source_parts_say_whether_the_source_is_listed(tmp_path: Path) -> 
         svc = SegmenterService(LocalStore(tmp_path / str(passthrough)), bus, 2.0,
                                Ladder(DEFAULT_LADDER, passthrough=passthrough), part_target=PART)  # fmt: skip
         sink = svc.open("s", "b1", 0.0)
-        start(sink)
-        for f in frames(2.5):
-            sink.frame(f)
-        await sink.finish()
+        await publish(sink, 2.5)
         parts = [m for m in await drain(seen) if isinstance(m, PartReady)]
         source = [p.listed for p in parts if p.rendition == "source"]
         assert source and set(source) == {passthrough}
@@ -161,10 +155,7 @@ async def test_a_stream_on_whole_segments_gets_no_parts_on_a_low_latency_node(tm
     seen, jobs = bus.subscribe("segment.>"), bus.subscribe("job.>")
     svc = SegmenterService(LocalStore(tmp_path), bus, 2.0, Ladder(DEFAULT_LADDER), part_target=PART)
     sink = svc.open("s", "b1", 0.0, low_latency=False)
-    start(sink)
-    for f in frames(4.5):
-        sink.frame(f)
-    await sink.finish()
+    await publish(sink, 4.5)
     messages = await drain(seen)
     assert not any(isinstance(m, PartReady) for m in messages)
     assert {m.sequence for m in messages if isinstance(m, SegmentReady)} == {0, 1, 2}

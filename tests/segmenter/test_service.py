@@ -83,6 +83,14 @@ def start(sink: BroadcastSegmenter) -> None:
     sink.audio_config(A)
 
 
+async def publish(sink: BroadcastSegmenter, seconds: float) -> None:
+    """A whole publish: configs, ``seconds`` of frames, the end."""
+    start(sink)
+    for f in frames(seconds):
+        sink.frame(f)
+    await sink.finish()
+
+
 async def eventually(predicate: Callable[[], object], timeout: float = 5.0) -> None:
     """Wait (at most ``timeout``) until ``predicate()`` holds."""
     deadline = time.monotonic() + timeout
@@ -195,10 +203,7 @@ async def test_a_segment_that_cannot_be_stored_becomes_a_gap_in_every_rendition(
     seen, jobs = bus.subscribe("segment.s"), bus.subscribe("job.transcode.s")
     svc = SegmenterService(store, bus, 2.0, Ladder(DEFAULT_LADDER), registry=reg)
     sink = svc.open("s", "b", 0.0)
-    start(sink)
-    for f in frames(6.1):
-        sink.frame(f)
-    await sink.finish()
+    await publish(sink, 6.1)
     msgs = [m for m in await drain(seen) if isinstance(m, SegmentReady)]
     by_seq: dict[int, dict[str, SegmentReady]] = {}
     for m in msgs:
@@ -231,10 +236,7 @@ async def test_the_packager_lists_the_gap_at_once_and_goes_on(tmp_path: Path) ->
     await packager.start()
     svc = SegmenterService(store, bus, 2.0, registry=Registry())
     sink = svc.open("s", "b", 0.0)
-    start(sink)
-    for f in frames(8.1):
-        sink.frame(f)
-    await sink.finish()
+    await publish(sink, 8.1)
     await bus.publish("broadcast.s", BroadcastFinished("s", "b", time.time(), "unpublished"))
     await packager.aclose()
     pl = m3u8.loads((tmp_path / keys.live_playlist("s", "source")).read_text())
@@ -251,10 +253,7 @@ async def test_a_job_the_bus_refuses_becomes_gaps_and_no_lag(tmp_path: Path) -> 
     seen = bus.subscribe("segment.s")
     svc = SegmenterService(LocalStore(tmp_path), bus, 2.0, Ladder(DEFAULT_LADDER), registry=reg)
     sink = svc.open("s", "b", 0.0)
-    start(sink)
-    for f in frames(4.1):
-        sink.frame(f)
-    await sink.finish()
+    await publish(sink, 4.1)
     msgs = [m for m in await drain(seen) if isinstance(m, SegmentReady)]
     seq0 = {m.rendition: m.gap for m in msgs if m.sequence == 0}
     assert seq0 == {"source": False, "audio": False, "720p": True, "480p": True, "240p": True}
@@ -358,10 +357,7 @@ async def test_a_source_at_its_top_rung_height_is_listed_in_its_place(tmp_path: 
     seen, jobs = bus.subscribe("segment.s"), bus.subscribe("job.transcode.s")
     svc = SegmenterService(store, bus, 2.0, Ladder(DEFAULT_LADDER, passthrough=True), registry=Registry())
     sink = svc.open("s", "b", 0.0)
-    start(sink)
-    for f in frames(6.1):
-        sink.frame(f)
-    await sink.finish()
+    await publish(sink, 6.1)
     made = ("source", "480p", "240p", "audio")
     msgs = [m for m in await drain(seen) if isinstance(m, SegmentReady)]
     assert {m.rendition for m in msgs if not m.gap} == {"source", "audio"}  # no worker here
